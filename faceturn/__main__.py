@@ -1,0 +1,3 @@
+from faceturn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per `faceturn` subcommand (see faceturn.cli)."""
