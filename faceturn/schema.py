@@ -109,7 +109,8 @@ def validate_channel_names(names: Sequence[str], source: str = "face data") -> N
         parts.append(f"duplicated channels {dupes[:5]}")
     if not parts:
         first = next(i for i, (a, b) in enumerate(zip(names, FACE_CHANNELS, strict=True)) if a != b)
-        parts.append(f"channels out of A61 order (position {first} is {names[first]!r}, expected {FACE_CHANNELS[first]!r})")
+        got, want = names[first], FACE_CHANNELS[first]
+        parts.append(f"channels out of A61 order (position {first} is {got!r}, expected {want!r})")
     raise SchemaError(f"{source}: {'; '.join(parts)}")
 
 
@@ -130,7 +131,9 @@ def validate_face(face: np.ndarray, names: Sequence[str] | None = None, source: 
         )
 
 
-def to_a61(values: Mapping[str, np.ndarray | float], n_frames: int | None = None, source: str = "face data") -> np.ndarray:
+def to_a61(
+    values: Mapping[str, np.ndarray | float], n_frames: int | None = None, source: str = "face data"
+) -> np.ndarray:
     """Assemble a [T, 61] float32 array from named channels; unknown names are an error, absent channels are 0."""
     unknown = [k for k in values if k not in CHANNEL_INDEX]
     if unknown:

@@ -65,7 +65,7 @@ def voiced_fraction(intervals_s: Iterable[tuple[float, float]], n_frames: int) -
             merged.append([start, stop])
     if not merged:
         return frac
-    # Coverage by cumulative length: covered(t) = total voiced length before t; frame k gets covered(t_{k+1}) - covered(t_k).
+    # covered(t) = voiced length before t; frame k gets covered(t_{k+1}) - covered(t_k).
     bounds = np.arange(n_frames + 1) * FRAME_S
     starts = np.array([m[0] for m in merged])
     stops = np.array([m[1] for m in merged])
@@ -74,7 +74,9 @@ def voiced_fraction(intervals_s: Iterable[tuple[float, float]], n_frames: int) -
     return np.clip(frac, 0.0, 1.0)
 
 
-def intervals_to_mask(intervals_s: Iterable[tuple[float, float]], n_frames: int, min_fraction: float = 0.5) -> np.ndarray:
+def intervals_to_mask(
+    intervals_s: Iterable[tuple[float, float]], n_frames: int, min_fraction: float = 0.5
+) -> np.ndarray:
     """Boolean frame mask: a frame is on when at least `min_fraction` of it lies inside the intervals."""
     return voiced_fraction(intervals_s, n_frames) >= min_fraction - 1e-9
 

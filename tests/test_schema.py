@@ -70,7 +70,8 @@ def test_live_link_csv_maps_by_name_not_position(tmp_path):
     for t in range(3):
         vals = {c: 0.0 for c in cols}
         vals.update({"Timecode": f"00:00:00:{t:02d}.000", "BlendShapeCount": 61, "JawLeft": 0.7, "JawRight": 0.1})
-        vals.update({"HeadYaw": 0.2, "LeftEyeYaw": -0.3, "RightEyeYaw": -0.3, "LeftEyePitch": 0.1, "RightEyePitch": 0.1})
+        vals.update({"HeadYaw": 0.2, "LeftEyeYaw": -0.3, "RightEyeYaw": -0.3})
+        vals.update({"LeftEyePitch": 0.1, "RightEyePitch": 0.1})
         rows.append(",".join(str(vals[c]) for c in cols))
     path = tmp_path / "take.csv"
     path.write_text(",".join(cols) + "\n" + "\n".join(rows) + "\n")

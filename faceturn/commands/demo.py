@@ -45,5 +45,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n== {preset} ({out})")
         print(format_statistics(stats))
     (args.out / "demo-summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    print(f"\ndemo: {len(PRESETS)} corpora in {time.perf_counter() - t0:.1f} s; summary: {args.out / 'demo-summary.json'}")
+    elapsed_s = time.perf_counter() - t0
+    print(f"\ndemo: {len(PRESETS)} corpora in {elapsed_s:.1f} s; summary: {args.out / 'demo-summary.json'}")
     return 0
