@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from faceturn.commands.inspect import corpus_statistics, format_statistics
+    from faceturn.commands.inspect import corpus_statistics, format_summary
     from faceturn.store import Corpus
     from faceturn.synth import generate_corpus, load_preset
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         truth = json.loads((out / "truth.json").read_text())
         summary[preset] = {"statistics": stats, "expected": truth.get("expected_statistics", {})}
         print(f"\n== {preset} ({out})")
-        print(format_statistics(stats))
+        print(format_summary(stats))
     (args.out / "demo-summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     elapsed_s = time.perf_counter() - t0
     print(f"\ndemo: {len(PRESETS)} corpora in {elapsed_s:.1f} s; summary: {args.out / 'demo-summary.json'}")

@@ -1,0 +1,654 @@
+"""The corpus store (DESIGN §4): one `.safetensors` file per conversation plus `manifest.jsonl`.
+
+Why this shape: a file per conversation makes preparation parallel and resumable (each file is written to a
+temporary name and renamed, so it exists whole or not at all), and the manifest can always be rebuilt from the files
+because every header carries its own manifest entry. Reading is lazy: tensors are read-only memory-mapped views of
+the file, so a corpus of thousands of hours streams one conversation at a time. Nothing here uses pickle.
+
+All header metadata lives under one safetensors metadata key (`HEADER_KEY`) as sorted-key JSON: safetensors writes
+its string→string metadata map in hash order, so several keys would make identical inputs give different bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from faceturn.io import atomic_write_bytes, atomic_write_text
+from faceturn.schema import (
+    CODEBOOK_SIZE,
+    FACE_CHANNELS,
+    N_CODEBOOKS,
+    N_FACE,
+    N_PARTICIPANTS,
+    SCHEMA_VERSION,
+    SchemaError,
+    validate_channel_names,
+    validate_face,
+)
+from faceturn.timebase import FRAME_RATE
+
+MANIFEST = "manifest.jsonl"
+SUFFIX = ".safetensors"
+HEADER_KEY = "faceturn"  # the one safetensors metadata key; its value is the JSON of Conversation.meta
+DEFAULT_SPLITS: Mapping[str, float] = MappingProxyType({"train": 0.8, "val": 0.1, "test": 0.1})
+STALE_TMP_S = 600.0  # finalize() removes temporary files untouched this long (a writer writes one in well under 1 s)
+_MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
+_RESERVED_META = ("schema_version", "face_channels", "frame_rate", "corpus", "framing", "extraction", "entry")
+
+# safetensors dtype tag -> numpy dtype (safetensors is little-endian)
+_ST_DTYPES: dict[str, np.dtype] = {
+    tag: np.dtype(code)
+    for tag, code in {
+        "BOOL": "?", "U8": "u1", "I8": "i1", "U16": "<u2", "I16": "<i2", "U32": "<u4", "I32": "<i4",
+        "U64": "<u8", "I64": "<i8", "F16": "<f2", "F32": "<f4", "F64": "<f8",
+    }.items()
+}  # fmt: skip
+TENSOR_DTYPES: dict[str, np.dtype] = {
+    "codes": np.dtype(np.int16),
+    "text": np.dtype(np.int32),
+    "va": np.dtype(np.float16),
+    "face": np.dtype(np.float16),
+    "face_present": np.dtype(np.uint8),
+}
+
+
+def expected_shapes(n_frames: int) -> dict[str, tuple[int, ...]]:
+    """The shape of every stored tensor for a conversation of `n_frames` frames."""
+    p, t = N_PARTICIPANTS, n_frames
+    return {"codes": (p, N_CODEBOOKS, t), "text": (p, t), "va": (p, t), "face": (p, t, N_FACE), "face_present": (p, t)}
+
+
+class CorpusError(ValueError):
+    """A corpus file that cannot be used; the message always starts with the file's path, then the problem."""
+
+    def __init__(self, path: str | Path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+
+def _first_index(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+@dataclass(eq=False)
+class Conversation:
+    """One conversation's aligned streams. Arrays loaded from a corpus are read-only memory maps: copy to modify."""
+
+    id: str
+    codes: np.ndarray  # [2, 8, T] int16 Mimi codes
+    text: np.ndarray  # [2, T] int32 text tokens, -1 = absent
+    va: np.ndarray  # [2, T] float16 voiced fraction of each frame
+    face: np.ndarray  # [2, T, 61] float16 A61 coefficients
+    face_present: np.ndarray  # [2, T] uint8 1 where a face was tracked
+    meta: dict = field(default_factory=dict)  # header metadata (decoded JSON)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.va.shape[-1]) if self.va.ndim else 0
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in TENSOR_DTYPES}
+
+    def problems(self, values: bool = True) -> list[str]:
+        """Everything wrong with shapes and dtypes and, if `values`, with value ranges (a full scan)."""
+        out = []
+        t = self.n_frames
+        if t < 1:
+            out.append("conversation has no frames")
+        shapes = expected_shapes(t)
+        for name, arr in self.arrays().items():
+            if arr.dtype != TENSOR_DTYPES[name]:
+                out.append(f"tensor {name!r} has dtype {arr.dtype}, expected {TENSOR_DTYPES[name]}")
+            if tuple(arr.shape) != shapes[name]:
+                out.append(f"tensor {name!r} has shape {tuple(arr.shape)}, expected {shapes[name]}")
+        if out or not values:
+            return out  # value checks need the layout to be right
+        codes = np.asarray(self.codes)
+        bad = (codes < 0) | (codes >= CODEBOOK_SIZE)
+        if bad.any():
+            ix = _first_index(bad)
+            out.append(
+                f"{int(bad.sum())} codes outside [0, {CODEBOOK_SIZE - 1}] (first at [participant, codebook, frame] "
+                f"{list(ix)}: {int(codes[ix])})"
+            )
+        text = np.asarray(self.text)
+        if (text < -1).any():
+            ix = _first_index(text < -1)
+            out.append(f"text tokens below -1 (first at [participant, frame] {list(ix)}: {int(text[ix])})")
+        va = np.asarray(self.va)
+        bad = ~((va >= 0) & (va <= 1))  # also catches NaN
+        if bad.any():
+            ix = _first_index(bad)
+            where = f"first at [participant, frame] {list(ix)}: {va[ix]}"
+            out.append(f"{int(bad.sum())} va values outside [0, 1] ({where})")
+        try:
+            validate_face(self.face, source="tensor 'face'")
+        except SchemaError as e:
+            out.append(str(e))
+        fp = np.asarray(self.face_present)
+        if (fp > 1).any():
+            ix = _first_index(fp > 1)
+            out.append(f"face_present values other than 0/1 (first at [participant, frame] {list(ix)}: {int(fp[ix])})")
+        return out
+
+    def validate(self, source: str) -> None:
+        """Raise CorpusError naming `source` and every problem (shapes, dtypes, value ranges, finiteness)."""
+        problems = self.problems(values=True)
+        if problems:
+            raise CorpusError(source, "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One line of manifest.jsonl. `split` is "" until CorpusWriter.finalize assigns one; `group` ties
+    conversations that must share a split (e.g. a session); `source` names what the streams were extracted from."""
+
+    id: str
+    file: str
+    split: str
+    n_frames: int
+    corpus: str
+    framing: str
+    participants: list[str]
+    group: str
+    source: str | dict
+    audio: str | None = None  # relative path of a stereo WAV, one channel per participant
+    timeline: str | dict | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["participants"] = list(self.participants)
+        return {k: v for k, v in d.items() if not (k in ("audio", "timeline") and v is None)}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "manifest entry") -> ManifestEntry:
+        """Parse and type-check one entry; errors name `source` and the field."""
+        if not isinstance(data, dict):
+            raise CorpusError(source, f"manifest entry must be a JSON object, got {type(data).__name__}")
+        kinds: dict[str, tuple[type, ...]] = {
+            "id": (str,), "file": (str,), "split": (str,), "n_frames": (int,), "corpus": (str,), "framing": (str,),
+            "participants": (list,), "group": (str,), "source": (str, dict), "audio": (str,), "timeline": (str, dict),
+        }  # fmt: skip
+        unknown = sorted(set(data) - set(kinds))
+        if unknown:
+            raise CorpusError(source, f"unknown manifest fields {unknown}; valid fields: {list(kinds)}")
+        missing = [k for k in kinds if k not in data and k not in ("audio", "timeline")]
+        if missing:
+            raise CorpusError(source, f"manifest entry lacks fields {missing}")
+        for k, v in data.items():
+            if v is None and k in ("audio", "timeline"):
+                continue
+            if not isinstance(v, kinds[k]) or isinstance(v, bool):
+                names = " or ".join(t.__name__ for t in kinds[k])
+                raise CorpusError(source, f"manifest field {k!r} is {v!r}, expected {names}")
+        parts = data["participants"]
+        if len(parts) != N_PARTICIPANTS or not all(isinstance(p, str) for p in parts):
+            raise CorpusError(source, f"manifest field 'participants' must be {N_PARTICIPANTS} strings, got {parts!r}")
+        if data["n_frames"] < 0:
+            raise CorpusError(source, f"manifest field 'n_frames' is negative ({data['n_frames']})")
+        return cls(**{**data, "participants": list(parts)})
+
+
+def check_id(conv_id: str) -> None:
+    """Conversation ids become file names: letters, digits and `._+-`, starting with a letter or digit."""
+    if not isinstance(conv_id, str) or not _ID_RE.fullmatch(conv_id):
+        raise ValueError(
+            f"conversation id {conv_id!r} is not a safe file name (letters, digits, '._+-', at most 200 characters)"
+        )
+
+
+def _is_inside(rel: str) -> bool:
+    p = PurePosixPath(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel
+
+
+def _canonical_json(obj: Any, source: str) -> str:
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise CorpusError(source, f"metadata is not plain JSON ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# reading one file
+
+
+@dataclass(frozen=True)
+class _Layout:
+    header: dict  # safetensors header JSON
+    data_start: int  # byte offset of the tensor data
+
+
+def _read_layout(path: Path) -> _Layout:
+    """Parse the safetensors header and check that the file holds every byte it announces (catches truncation)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CorpusError(path, f"truncated: {size} bytes, not even the 8-byte header length")
+            n = int.from_bytes(head, "little")
+            if n > _MAX_HEADER_BYTES or 8 + n > size:
+                raise CorpusError(
+                    path, f"truncated or not safetensors: header length {n} bytes, but the file has {size} bytes"
+                )
+            raw = fh.read(n)
+    except FileNotFoundError:
+        raise CorpusError(path, "file not found") from None
+    except IsADirectoryError:
+        raise CorpusError(path, "is a directory, not a safetensors file") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorpusError(path, f"safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CorpusError(path, "safetensors header is not a JSON object")
+    data_start = 8 + n
+    end = 0
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            tag, shape = spec["dtype"], [int(d) for d in spec["shape"]]
+            start, stop = (int(o) for o in spec["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CorpusError(path, f"malformed safetensors entry for tensor {name!r}: {spec!r}") from None
+        sized = tag not in _ST_DTYPES or stop - start == math.prod(shape) * _ST_DTYPES[tag].itemsize
+        if not (0 <= start <= stop) or not sized:
+            raise CorpusError(path, f"tensor {name!r}: data offsets {[start, stop]} do not fit shape {shape} {tag}")
+        end = max(end, stop)
+    if data_start + end > size:
+        raise CorpusError(path, f"truncated: tensors need {data_start + end} bytes, the file has {size}")
+    if data_start + end < size:
+        raise CorpusError(path, f"{size - data_start - end} unexpected bytes after the tensor data")
+    return _Layout(header, data_start)
+
+
+def _decode_meta(path: Path, layout: _Layout) -> dict:
+    md = layout.header.get("__metadata__")
+    if not isinstance(md, dict) or HEADER_KEY not in md:
+        raise CorpusError(path, f"no faceturn metadata in the header (safetensors __metadata__ lacks {HEADER_KEY!r})")
+    try:
+        meta = json.loads(md[HEADER_KEY])
+    except (TypeError, json.JSONDecodeError) as e:
+        raise CorpusError(path, f"faceturn header metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CorpusError(path, "faceturn header metadata is not a JSON object")
+    return meta
+
+
+def _meta_problems(meta: dict) -> list[str]:
+    """Schema version, channel names and frame rate: what makes the numbers mean what the reader assumes."""
+    out = []
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        out.append(f"schema version {meta.get('schema_version')!r}, this faceturn reads version {SCHEMA_VERSION}")
+    names = meta.get("face_channels")
+    if not isinstance(names, list):
+        out.append("header lacks the face channel names ('face_channels')")
+    else:
+        try:
+            validate_channel_names(names, source="face channel names")
+        except SchemaError as e:
+            out.append(str(e))
+    if meta.get("frame_rate") != FRAME_RATE:
+        out.append(f"frame rate {meta.get('frame_rate')!r} Hz, expected {FRAME_RATE}")
+    if "entry" not in meta:
+        out.append("header lacks its manifest entry ('entry')")
+    return out
+
+
+def _entry_from_meta(path: Path, meta: dict) -> ManifestEntry:
+    entry = ManifestEntry.from_json(meta.get("entry"), source=f"{path} (header entry)")
+    if entry.file != path.name or f"{entry.id}{SUFFIX}" != path.name:
+        raise CorpusError(path, f"header entry (id {entry.id!r}, file {entry.file!r}) does not match the file name")
+    return entry
+
+
+def _map_tensors(path: Path, layout: _Layout) -> dict[str, np.ndarray]:
+    """Read-only memory-mapped views of every tensor (no copy; pages load on first touch)."""
+    names = [k for k in layout.header if k != "__metadata__"]
+    missing = [k for k in TENSOR_DTYPES if k not in names]
+    extra = [k for k in names if k not in TENSOR_DTYPES]
+    if missing or extra:
+        parts = ([f"missing tensors {missing}"] if missing else []) + ([f"unexpected tensors {extra}"] if extra else [])
+        raise CorpusError(path, "; ".join(parts))
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    out = {}
+    for name in TENSOR_DTYPES:
+        spec = layout.header[name]
+        if spec["dtype"] not in _ST_DTYPES:
+            raise CorpusError(path, f"tensor {name!r} has unsupported dtype {spec['dtype']}, expected "
+                              f"{TENSOR_DTYPES[name]}")  # fmt: skip
+        start = layout.data_start + spec["data_offsets"][0]
+        out[name] = np.ndarray(tuple(spec["shape"]), dtype=_ST_DTYPES[spec["dtype"]], buffer=mm, offset=start)
+    return out
+
+
+def read_conversation(path: str | Path, *, validate: bool = True, expect: ManifestEntry | None = None) -> Conversation:
+    """Open one conversation file. Structure (header, schema version, channel names, shapes, dtypes) is always
+    checked; `validate` adds the full value scan (ranges, finiteness). Raises CorpusError naming the file."""
+    path = Path(path)
+    layout = _read_layout(path)
+    meta = _decode_meta(path, layout)
+    problems = _meta_problems(meta)
+    entry = None
+    if not problems:
+        entry = _entry_from_meta(path, meta)
+        if expect is not None and entry.id != expect.id:
+            problems.append(f"header says conversation {entry.id!r}, the manifest says {expect.id!r}")
+    arrays = _map_tensors(path, layout)
+    conv = Conversation(id=entry.id if entry else path.stem, meta=meta, **arrays)
+    problems += conv.problems(values=validate)
+    if expect is not None and not problems and conv.n_frames != expect.n_frames:
+        problems.append(f"{conv.n_frames} frames, the manifest says {expect.n_frames}")
+    if problems:
+        raise CorpusError(path, "; ".join(problems))
+    return conv
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# splits
+
+
+def _components(entries: list[ManifestEntry]) -> list[list[int]]:
+    """Indices of entries linked by a shared participant or group key (within a corpus), as connected components."""
+    parent = list(range(len(entries)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str, str], int] = {}
+    for i, e in enumerate(entries):
+        keys = [("p", e.corpus, p.strip()) for p in e.participants if p.strip()]
+        keys += [("g", e.corpus, e.group.strip())] if e.group.strip() else []
+        for key in keys:
+            j = first.setdefault(key, i)
+            parent[find(i)] = find(j)
+    comps: dict[int, list[int]] = {}
+    for i in range(len(entries)):
+        comps.setdefault(find(i), []).append(i)
+    return sorted(comps.values(), key=lambda c: min(entries[i].id for i in c))
+
+
+def assign_splits(
+    entries: Iterable[ManifestEntry], fractions: Mapping[str, float] = DEFAULT_SPLITS, seed: int = 0
+) -> dict[str, str]:
+    """Split names by conversation id, disjoint by conversation and, where participant ids allow, by participant.
+
+    Conversations sharing a participant or a `group` (connected components) land in one split. Entries that already
+    carry a split keep it and pull their component along. Free components go, largest first (random order among
+    equals, from `seed`), to the split furthest below its share of frames; every split with a positive share gets at
+    least one component when there are enough.
+    """
+    entries = list(entries)
+    fractions = dict(fractions)
+    if not fractions or any(not math.isfinite(f) or f < 0 for f in fractions.values()) or sum(fractions.values()) <= 0:
+        raise ValueError(f"split fractions must be finite, >= 0 and not all 0, got {fractions}")
+    ids = [e.id for e in entries]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate conversation ids: {sorted(k for k, n in Counter(ids).items() if n > 1)[:5]}")
+    names = list(fractions)
+    weight = [max(e.n_frames, 1) for e in entries]
+    total = sum(weight)
+    target = {s: fractions[s] / sum(fractions.values()) * total for s in names}
+    load = dict.fromkeys(names, 0)
+    count = dict.fromkeys(names, 0)
+    out: dict[str, str] = {}
+    free = []
+    for comp in _components(entries):
+        pinned = Counter(entries[i].split for i in comp if entries[i].split)
+        if not pinned:
+            free.append(comp)
+            continue
+        comp_split = sorted(pinned.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        for i in comp:
+            s = entries[i].split or comp_split
+            out[entries[i].id] = s
+            if s in load:
+                load[s] += weight[i]
+                count[s] += 1
+    rng = np.random.default_rng(seed)
+    free = [free[i] for i in rng.permutation(len(free))]
+    free.sort(key=lambda c: -sum(weight[i] for i in c))  # stable: random among equal sizes
+    for k, comp in enumerate(free):
+        empty = [s for s in names if fractions[s] > 0 and count[s] == 0]
+        pool = empty if empty and len(free) - k <= len(empty) else [s for s in names if fractions[s] > 0]
+        best = max(pool, key=lambda s: (target[s] - load[s], -names.index(s)))
+        for i in comp:
+            out[entries[i].id] = best
+            load[best] += weight[i]
+            count[best] += 1
+    return out
+
+
+def split_leaks(entries: Iterable[ManifestEntry]) -> list[str]:
+    """Participants or group keys that appear in more than one split (empty for splits from assign_splits)."""
+    seen: dict[tuple[str, str, str], set[str]] = {}
+    for e in entries:
+        keys = [("participant", e.corpus, p) for p in e.participants if p.strip()]
+        keys += [("group", e.corpus, e.group)] if e.group.strip() else []
+        for key in keys:
+            seen.setdefault(key, set()).add(e.split)
+    return [f"{kind} {name!r} ({corpus}) in splits {sorted(s)}" for (kind, corpus, name), s in sorted(seen.items())
+            if len(s) > 1]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# writer
+
+
+class CorpusWriter:
+    """Writes conversations into a corpus folder, each atomically; re-running skips or reproduces finished files."""
+
+    def __init__(self, root: str | Path, corpus: str, framing: str = "", extraction: dict | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.corpus = corpus
+        self.framing = framing
+        self.extraction = dict(extraction or {})
+        _canonical_json(self.extraction, f"{self.root} (extraction settings)")
+
+    def path(self, conv_id: str) -> Path:
+        check_id(conv_id)
+        return self.root / f"{conv_id}{SUFFIX}"
+
+    def done(self, conv_id: str) -> bool:
+        """True when a complete file for `conv_id` is already there (a crash never leaves a partial one)."""
+        try:
+            _read_layout(self.path(conv_id))
+        except CorpusError:
+            return False
+        return True
+
+    def _tmp_files(self, prefix: str = ".") -> list[Path]:
+        """Leftovers of interrupted writes: atomic_write_bytes names them .<file name>.<random>.tmp."""
+        return [p for p in self.root.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
+
+    def write(self, conv: Conversation, entry: ManifestEntry) -> Path:
+        """Validate, then write `<id>.safetensors` atomically; identical existing bytes are left untouched."""
+        path = self.path(conv.id)
+        expected = {"id": conv.id, "file": path.name, "n_frames": conv.n_frames, "corpus": self.corpus}
+        if self.framing:
+            expected["framing"] = self.framing
+        wrong = {k: (getattr(entry, k), v) for k, v in expected.items() if getattr(entry, k) != v}
+        if wrong:
+            raise CorpusError(path, "manifest entry disagrees with the conversation/writer: " + ", ".join(
+                f"{k}={got!r} (expected {want!r})" for k, (got, want) in wrong.items()))  # fmt: skip
+        ManifestEntry.from_json(entry.to_json(), source=str(path))  # type-check what will be stored
+        for rel in (entry.audio,) + ((entry.timeline,) if isinstance(entry.timeline, str) else ()):
+            if rel is not None and not _is_inside(rel):
+                raise CorpusError(path, f"path {rel!r} in the manifest entry must be relative and inside the corpus")
+        conv.validate(str(path))
+        meta = {k: v for k, v in conv.meta.items() if k not in _RESERVED_META}
+        meta.update(
+            schema_version=SCHEMA_VERSION,
+            face_channels=list(FACE_CHANNELS),
+            frame_rate=FRAME_RATE,
+            corpus=self.corpus,
+            framing=self.framing,
+            extraction=self.extraction,
+            entry=entry.to_json(),
+        )
+        from safetensors.numpy import save
+
+        data = save(
+            {k: np.ascontiguousarray(v) for k, v in conv.arrays().items()},
+            metadata={HEADER_KEY: _canonical_json(meta, str(path))},
+        )
+        for tmp in self._tmp_files(f".{path.name}."):
+            tmp.unlink(missing_ok=True)
+        if path.exists() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return path
+        atomic_write_bytes(path, data)
+        return path
+
+    def finalize(self, fractions: Mapping[str, float] = DEFAULT_SPLITS, seed: int = 0) -> list[ManifestEntry]:
+        """(Re)build manifest.jsonl from the files' headers, sorted by id, with splits (see assign_splits).
+
+        Safe to call again at any time: the manifest only depends on the files present.
+        """
+        entries = []
+        for path in sorted(self.root.glob(f"*{SUFFIX}")):
+            meta = _decode_meta(path, _read_layout(path))
+            entries.append(_entry_from_meta(path, meta))
+        entries.sort(key=lambda e: e.id)
+        splits = assign_splits(entries, fractions, seed)
+        entries = [dataclasses.replace(e, split=splits[e.id]) for e in entries]
+        text = "".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in entries)
+        manifest = self.root / MANIFEST
+        if not (manifest.exists() and manifest.read_text() == text):
+            atomic_write_text(manifest, text)
+        now = time.time()
+        for tmp in self._tmp_files():
+            try:
+                stale = now - tmp.stat().st_mtime > STALE_TMP_S
+            except FileNotFoundError:
+                continue  # renamed just now by a concurrent writer
+            if stale:
+                tmp.unlink(missing_ok=True)
+        return entries
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# reader
+
+
+def _read_manifest(root: Path, manifest: Path) -> tuple[list[ManifestEntry], list[CorpusError]]:
+    """Usable entries plus every manifest problem, each naming manifest.jsonl:LINE."""
+    entries: list[ManifestEntry] = []
+    problems: list[CorpusError] = []
+    first_line: dict[str, int] = {}
+    file_line: dict[str, int] = {}
+    for line_no, line in enumerate(manifest.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{manifest}:{line_no}"
+        try:
+            entry = ManifestEntry.from_json(json.loads(line), source=where)
+        except json.JSONDecodeError as e:
+            problems.append(CorpusError(where, f"not valid JSON ({e})"))
+            continue
+        except CorpusError as e:
+            problems.append(e)
+            continue
+        if entry.id in first_line:
+            problems.append(CorpusError(where, f"duplicate conversation id {entry.id!r} (first on line "
+                                               f"{first_line[entry.id]})"))  # fmt: skip
+            continue
+        first_line[entry.id] = line_no
+        if not _is_inside(entry.file):
+            problems.append(CorpusError(where, f"file {entry.file!r} must be a relative path inside the corpus folder"))
+            continue
+        if entry.file in file_line:
+            problems.append(CorpusError(where, f"file {entry.file!r} is also listed on line {file_line[entry.file]}"))
+            continue
+        file_line[entry.file] = line_no
+        if not (root / entry.file).is_file():
+            problems.append(CorpusError(where, f"file {entry.file!r} of conversation {entry.id!r} is missing "
+                                               f"({root / entry.file})"))  # fmt: skip
+            continue
+        if not entry.split:
+            problems.append(CorpusError(where, f"conversation {entry.id!r} has no split"))
+        entries.append(entry)
+    return entries, problems
+
+
+class Corpus:
+    """Read a corpus folder: the manifest at once, conversations lazily (memory-mapped) one at a time."""
+
+    def __init__(self, root: str | Path, validate: bool = True):
+        self.root = Path(root)
+        self.manifest_path = self.root / MANIFEST
+        if not self.root.is_dir():
+            raise CorpusError(self.root, "corpus folder not found")
+        if not self.manifest_path.is_file():
+            raise CorpusError(self.manifest_path, "manifest not found (CorpusWriter.finalize writes it)")
+        self.entries, errors = _read_manifest(self.root, self.manifest_path)
+        self.manifest_problems = [str(e) for e in errors]
+        self._by_id = {e.id: e for e in self.entries}
+        if validate and errors:
+            more = f" (and {len(errors) - 1} more manifest problems)" if len(errors) > 1 else ""
+            raise CorpusError(errors[0].path, errors[0].problem + more)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def ids(self, split: str | None = None) -> list[str]:
+        return [e.id for e in self.entries if split is None or e.split == split]
+
+    def splits(self) -> list[str]:
+        return sorted({e.split for e in self.entries})
+
+    def entry(self, conv_id: str) -> ManifestEntry:
+        try:
+            return self._by_id[conv_id]
+        except KeyError:
+            raise CorpusError(self.manifest_path, f"no conversation {conv_id!r}") from None
+
+    def load(self, conv_id: str, *, validate: bool = True) -> Conversation:
+        """One conversation as memory-mapped arrays; `validate` adds the value scan (structure is always checked)."""
+        entry = self.entry(conv_id)
+        return read_conversation(self.root / entry.file, validate=validate, expect=entry)
+
+    def scan(
+        self, *, validate: bool = True, progress: bool = False
+    ) -> Iterator[tuple[ManifestEntry, Conversation | None, list[str]]]:
+        """Each conversation once, in manifest order, with its problems (conversation None when it is unusable)."""
+        from tqdm import tqdm
+
+        for entry in tqdm(self.entries, desc=f"reading {self.root.name}", unit="conv", disable=not progress):
+            problems = []
+            if entry.audio is not None and not (_is_inside(entry.audio) and (self.root / entry.audio).is_file()):
+                problems.append(
+                    f"{self.root / entry.audio}: audio of conversation {entry.id!r} not found ({self.manifest_path})"
+                )
+            try:
+                conv = self.load(entry.id, validate=validate)
+            except CorpusError as e:
+                conv = None
+                problems.append(str(e))
+            yield entry, conv, problems
+
+    def validate_all(self, progress: bool = True) -> list[str]:
+        """Every problem in the corpus, each as "path: problem" (manifest first, then file by file)."""
+        problems = list(self.manifest_problems)
+        for _, _, p in self.scan(validate=True, progress=progress):
+            problems += p
+        return problems
