@@ -40,7 +40,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -289,7 +290,7 @@ class FaceEncoder(nn.Module):
 class ModelOutput:
     """All tensors are aligned with the input frames (no extra shift); invalid positions hold 0 and mask False."""
 
-    text_logits: Tensor  # [B, T, text_card]  frame k from position k
+    text_hidden: Tensor  # [B, T, D]  the text head's input for frame k (position k); see `text_logits`
     text_mask: Tensor  # [B, T] bool  text[k] present (!= -1)
     text_target: Tensor  # [B, T] long  the input text
     audio_logits: Tensor  # [B, 8, T, card]  semantic: position k; acoustic: position k+1 (delay)
@@ -302,6 +303,13 @@ class ModelOutput:
     yield_logits: Tensor  # [B, T]  P(yield) logit for frame k from position k+1 (end of frame k)
     hidden: Tensor  # [B, T, D]  out_norm'ed temporal output at position k+1, the yield head's input
     frame_mask: Tensor  # [B, T] bool  frame is not padding (some audio code != -1)
+    text_head: nn.Module = field(repr=False)  # the model's text_linear
+
+    @cached_property
+    def text_logits(self) -> Tensor:
+        """[B, T, text_card], frame k from position k. Computed on first use: the 32k-way head dominates small
+        models, and a batch without text (synthetic corpora) never needs it."""
+        return self.text_head(self.text_hidden)
 
 
 def delay_streams(codes: Tensor, delays: Iterable[int], initial: Iterable[int]) -> Tensor:
@@ -432,7 +440,7 @@ class Model(nn.Module):
         face_target = torch.where(present.unsqueeze(-1), self.face_encoder.standardize(face.to(dtype)), 0.0)
         hidden = h[:, 1:]
         return ModelOutput(
-            text_logits=self.text_linear(h_text),
+            text_hidden=h_text,
             text_mask=text_valid & (text != ZERO_TOKEN),
             text_target=text.long(),
             audio_logits=audio_logits,
@@ -445,6 +453,7 @@ class Model(nn.Module):
             yield_logits=self.yield_head(hidden).squeeze(-1),
             hidden=hidden,
             frame_mask=frame_mask,
+            text_head=self.text_linear,
         )
 
     def _depformer(self, h: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -529,8 +538,12 @@ def compute_loss(
     text_w = out.text_mask * torch.where(
         (out.text_target == cfg.text_pad_id) | (out.text_target == cfg.text_epad_id), cfg.text_padding_weight, 1.0
     )
-    text_ce = F.cross_entropy(out.text_logits.flatten(0, 1), out.text_target.clamp(min=0).flatten(), reduction="none")
-    text = _weighted_mean(text_ce.view_as(text_w), text_w)
+    if out.text_mask.any():
+        logits = out.text_logits.flatten(0, 1)
+        text_ce = F.cross_entropy(logits, out.text_target.clamp(min=0).flatten(), reduction="none")
+        text = _weighted_mean(text_ce.view_as(text_w), text_w)
+    else:  # no text in the batch: skip the head, but keep it in the graph (an empty product) so DDP sees it used
+        text = out.text_head(out.text_hidden[:, :0]).sum()
 
     audio_ce = F.cross_entropy(
         out.audio_logits.flatten(0, 2), out.audio_target.clamp(min=0).flatten(), reduction="none"
