@@ -1,0 +1,1 @@
+"""Evaluation: per-frame predictions, metrics, honest statistics, probes, analyses and attribution."""
