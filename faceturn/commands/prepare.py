@@ -1,0 +1,147 @@
+"""`faceturn prepare {seamless,multidialog,livelink}`: real recordings → a corpus on the 12.5 Hz grid.
+
+Every setting of `faceturn.prep` (Mimi, face, text, Silero, and the corpus' own) can be overridden with
+`--set key=value`, type-checked: keys of the shared settings (`face.crop_margin=0.6`, `mimi.chunk_s=10`,
+`silero.threshold=0.6`) or of the corpus (`gap.turn_gap_s=0.3`, `max_av_mismatch_s=0.5`). Re-running with the same
+arguments resumes; `--shard i/n` splits the conversations for cluster job arrays (run once more without it, or any
+shard again, to rebuild the manifest over everything written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes i/n (e.g. 0/8), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", type=Path, required=True, help="the corpus as downloaded")
+    p.add_argument("--out", type=Path, required=True, help="corpus folder to write (created; resumable)")
+    p.add_argument("--mimi", default="kyutai/mimi", help="MimiModel: local folder or hub id (default kyutai/mimi)")
+    p.add_argument("--device", default="auto", help="torch device for Mimi (default: CUDA when available)")
+    p.add_argument("--face-model", default="", help="face_landmarker.task (default: $FACETURN_FACE_MODEL)")
+    p.add_argument("--gaze", choices=("blendshapes", "iris"), default="blendshapes", help="gaze estimate")
+    p.add_argument("--no-crop", action="store_true", help="feed whole frames to the landmarker (no face crop)")
+    p.add_argument("--text-model", default="", help="SentencePiece .model for text tokens (default: no text)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N", help="prepare only shard I of N")
+    p.add_argument("--retry-skipped", action="store_true", help="retry conversations earlier runs skipped")
+    p.add_argument("--audio", action="store_true", help="also write audio/<id>.wav (24 kHz, one channel each)")
+    p.add_argument("--splits", choices=("official", "assign"), default="official",
+                   help="keep the corpus' own splits (default) or assign new ones by participant")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting (repeatable)")  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
+    s = sub.add_parser("seamless", help="Seamless Interaction (WebDataset tars and/or extracted folders)")
+    _common(s)
+    s.add_argument("--labels", type=_csv, default=("improvised", "naturalistic"), help="comma list")
+    s.add_argument("--split", type=_csv, default=("train", "dev", "test"), help="Seamless splits, comma list")
+    s.add_argument("--va", choices=("auto", "annotations", "silero"), default="auto",
+                   help="voice activity: the JSON's VAD/word times (auto falls back to Silero)")  # fmt: skip
+    m = sub.add_parser("multidialog", help="MultiDialog (tar.gz archives + metadata JSONL)")
+    _common(m)
+    m.add_argument("--subsets", type=_csv, default=("train", "valid_freq", "valid_rare", "test_freq", "test_rare"),
+                   help="comma list (default: all five)")  # fmt: skip
+    m.add_argument("--video-root", default="", help="folder of videos (default: audio only, no faces)")
+    m.add_argument("--video-layout", choices=("per-participant", "shared"), default="per-participant")
+    m.add_argument("--video-pattern", default="", help="file name pattern with {conv_id} and {speaker}")
+    m.add_argument("--recordings", default="", help="folder of full-length recordings (measured timeline)")
+    m.add_argument("--recording-pattern", default="{conv_id}.wav", help="may use {speaker}")
+    m.add_argument("--work-dir", default="", help="archive extraction cache (default <out>/.multidialog-extracted)")
+    m.add_argument("--va", choices=("silero", "utterance"), default="silero",
+                   help="voice activity: Silero on each track (default) or whole utterance clips")  # fmt: skip
+    ll = sub.add_parser("livelink", help="your recordings: <root>/<id>/<name>.wav + Live Link Face <name>.csv")
+    _common(ll)
+    ll.add_argument("--timecode-fps", type=float, default=60.0, help="frame base of the takes' timecodes")
+
+
+def _split_overrides(items: list[str], prep_cls: type) -> tuple[list[str], list[str]]:
+    """Overrides of the shared settings (first key a PrepSettings field) and of the corpus settings."""
+    shared = {f.name for f in dataclasses.fields(prep_cls)}
+    prep = [o for o in items if o.split("=", 1)[0].split(".")[0].strip() in shared]
+    return prep, [o for o in items if o not in prep]
+
+
+def run(args: argparse.Namespace) -> int:
+    from faceturn.config import ConfigError, apply_overrides
+    from faceturn.prep import livelink, multidialog, seamless
+    from faceturn.prep.audio_tokens import MimiSettings
+    from faceturn.prep.face import FaceModelMissing, FaceSettings
+    from faceturn.prep.pipeline import PrepSettings, run_jobs
+    from faceturn.prep.text import TextSettings
+
+    if not args.root.is_dir():
+        print(f"faceturn prepare: {args.root}: folder not found", file=sys.stderr)
+        return 2
+    prep = PrepSettings(
+        mimi=MimiSettings(model=args.mimi, device=args.device),
+        face=FaceSettings(model=args.face_model, gaze=args.gaze, crop="none" if args.no_crop else "auto"),
+        text=TextSettings(tokenizer=args.text_model),
+        jobs=args.jobs,
+        shard_index=args.shard[0],
+        shard_count=args.shard[1],
+        retry_skipped=args.retry_skipped,
+        write_audio=args.audio,
+        progress=not args.no_progress,
+    )
+    official = args.splits == "official"
+    need_face = True
+    if args.corpus == "seamless":
+        corpus = seamless.SeamlessSettings(labels=args.labels, splits=args.split, va_source=args.va,
+                                           official_splits=official)  # fmt: skip
+    elif args.corpus == "multidialog":
+        corpus = multidialog.MultiDialogSettings(
+            subsets=args.subsets,
+            va_source=args.va,
+            work_dir=args.work_dir,
+            recordings=args.recordings,
+            recording_pattern=args.recording_pattern,
+            video_root=args.video_root,
+            video_layout=args.video_layout,
+            video_pattern=args.video_pattern,
+            official_splits=official,
+        )
+        need_face = bool(args.video_root)
+    else:
+        corpus = livelink.LiveLinkSettings(timecode_fps=args.timecode_fps)
+        need_face = False
+    try:
+        prep_over, corpus_over = _split_overrides(args.overrides, PrepSettings)
+        prep = apply_overrides(prep, prep_over)
+        corpus = apply_overrides(corpus, corpus_over)
+    except ConfigError as e:
+        print(f"faceturn prepare: {e}", file=sys.stderr)
+        return 2
+    if args.corpus == "seamless":
+        jobs, framing = seamless.jobs_from_root(args.root, corpus), corpus.framing
+    elif args.corpus == "multidialog":
+        jobs = multidialog.jobs_from_root(args.root, args.out, corpus, progress=prep.progress)
+        framing = corpus.framing if corpus.video_root else "none"
+    else:
+        jobs, framing = livelink.jobs_from_root(args.root, corpus), corpus.framing
+    try:
+        summary = run_jobs(jobs, args.out, args.corpus, framing, prep, describe=f"prepare {args.corpus}",
+                           need_face=need_face)  # fmt: skip
+    except FaceModelMissing as e:
+        print(f"faceturn prepare: {e}", file=sys.stderr)
+        return 2
+    return 1 if summary["internal_errors"] else 0

@@ -1,0 +1,236 @@
+"""Reading audio and video files, and picking video frames on the 12.5 Hz grid.
+
+Bad files are reported as `BadInput` naming the file and the problem, found by probing (a 58-byte WAV and a
+261-byte MP4 are both "files"; only opening them tells the truth). Video time comes from the frames' own
+timestamps, relative to the container's start, so 29.97 fps video and streams that start late land where they
+belong; frames are never assumed to be at index/fps unless the timestamps are unusable (reference/face.md §4).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from faceturn.prep import BadInput
+from faceturn.timebase import FRAME_S
+
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a probe of a video file tells (no frame is decoded)."""
+
+    path: str
+    fps: float  # the stream's real average frame rate, e.g. 29.97
+    n_frames: int  # declared by the container, else duration × fps
+    duration_s: float
+    width: int
+    height: int
+    has_audio: bool
+
+
+def _open_container(path: str | Path):
+    import av
+
+    try:
+        return av.open(str(path))
+    except (av.FFmpegError, OSError) as e:
+        raise BadInput(f"{path}: unreadable video ({e})") from None
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Frame rate, size and duration of the first video stream; BadInput for no stream or an unreadable file."""
+    with _open_container(path) as container:
+        if not container.streams.video:
+            raise BadInput(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate or float(rate) <= 0:
+            raise BadInput(f"{path}: video stream has no frame rate")
+        fps = float(rate)
+        if stream.duration is not None and stream.time_base is not None:
+            duration_s = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration_s = container.duration / 1e6
+        else:
+            duration_s = (stream.frames or 0) / fps
+        n_frames = int(stream.frames) if stream.frames else round(duration_s * fps)
+        if n_frames <= 0 or duration_s <= 0:
+            raise BadInput(f"{path}: video stream has no frames")
+        return VideoInfo(
+            path=str(path),
+            fps=fps,
+            n_frames=n_frames,
+            duration_s=duration_s,
+            width=int(stream.codec_context.width),
+            height=int(stream.codec_context.height),
+            has_audio=bool(container.streams.audio),
+        )
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and the sample rate of an audio file (channels are averaged).
+
+    A header-only WAV (0 samples) is BadInput: Seamless ships some, and they must not become silent conversations.
+    """
+    import soundfile as sf
+
+    try:
+        data, rate_hz = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise BadInput(f"{path}: unreadable audio ({e})") from None
+    if data.shape[0] == 0:
+        raise BadInput(f"{path}: audio has no samples (header-only file)")
+    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(wave).all():
+        raise BadInput(f"{path}: audio holds non-finite samples")
+    return np.ascontiguousarray(wave, dtype=np.float32), int(rate_hz)
+
+
+def audio_frames(path: str | Path) -> tuple[int, int]:
+    """(samples, sample rate) of an audio file without reading it; BadInput when unreadable or empty."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise BadInput(f"{path}: unreadable audio ({e})") from None
+    if info.frames <= 0:
+        raise BadInput(f"{path}: audio has no samples (header-only file)")
+    return int(info.frames), int(info.samplerate)
+
+
+def decode_audio_stream(path: str | Path, rate_hz: int) -> np.ndarray:
+    """The first audio stream of a media file as mono float32 at `rate_hz`, sample 0 at the container's start.
+
+    Used to place utterance clips inside a video's soundtrack; a stream that starts late is preceded by zeros.
+    """
+    import av
+
+    with _open_container(path) as container:
+        if not container.streams.audio:
+            raise BadInput(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        t0_s = (container.start_time or 0) / 1e6
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate_hz)
+        chunks: list[np.ndarray] = []
+        first_s: float | None = None
+        try:
+            for frame in container.decode(stream):
+                if first_s is None and frame.time is not None:
+                    first_s = frame.time - t0_s
+                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+        except av.FFmpegError as e:
+            raise BadInput(f"{path}: audio stream cannot be decoded ({e})") from None
+    if not chunks:
+        raise BadInput(f"{path}: audio stream has no samples")
+    lead = np.zeros(max(0, round((first_s or 0.0) * rate_hz)), dtype=np.float32)
+    return np.concatenate([lead, *chunks]).astype(np.float32)
+
+
+def resample(wave: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
+    """Polyphase resampling (anti-aliased); output length is ceil(len · to / from)."""
+    from scipy.signal import resample_poly
+
+    if from_hz == to_hz:
+        return np.asarray(wave, dtype=np.float32)
+    g = math.gcd(int(from_hz), int(to_hz))
+    return resample_poly(np.asarray(wave, dtype=np.float64), to_hz // g, from_hz // g).astype(np.float32)
+
+
+def nearest_on_grid(
+    timed: Iterable[tuple[float, Item]], n_frames: int, tolerance_s: float
+) -> Iterator[tuple[int, Item | None]]:
+    """For each grid instant k·0.08 s (k < n_frames), the item whose time is nearest, or None if none is within
+    `tolerance_s`. `timed` must be in increasing time; it is consumed lazily and no further than needed, and one
+    item may serve several instants (video slower than 12.5 Hz, or a gap)."""
+    k = 0
+    prev: tuple[float, Item] | None = None
+    for t_s, item in timed:
+        while k < n_frames and k * FRAME_S <= t_s:
+            target_s = k * FRAME_S
+            best = prev if prev is not None and target_s - prev[0] <= t_s - target_s else (t_s, item)
+            yield k, best[1] if abs(best[0] - target_s) <= tolerance_s else None
+            k += 1
+        if k >= n_frames:
+            return
+        prev = (t_s, item)
+    for rest in range(k, n_frames):
+        near = prev is not None and abs(prev[0] - rest * FRAME_S) <= tolerance_s
+        yield rest, prev[1] if near else None
+
+
+def frame_times(
+    frames: Iterable[Any], fps: float, t0_s: float = 0.0, probe_frames: int = 16
+) -> Iterator[tuple[float, Any]]:
+    """(seconds since `t0_s`, frame) for decoded frames, with PyAV's timestamp fallbacks (reference/face.md §4).
+
+    The clock is chosen on the first `probe_frames` frames: pts if present and strictly increasing there, else dts
+    (MPEG-4 ASP in AVI reports reordered pts while decode order is display order), else index/fps. A violation
+    later on degrades the clock the same way from that frame on. Times are strictly increasing, which MediaPipe's
+    VIDEO mode demands.
+    """
+    modes = ("pts", "dts", "index")
+    it = iter(frames)
+    head = [f for _, f in zip(range(probe_frames), it, strict=False)]
+
+    def stamps(mode: str, fs: list[Any]) -> list[float | None]:
+        return [None if getattr(f, mode) is None else float(getattr(f, mode) * f.time_base) - t0_s for f in fs]
+
+    def increasing(ts: list[float | None]) -> bool:
+        return all(t is not None for t in ts) and all(b > a for a, b in itertools.pairwise(ts))
+
+    mode = next((m for m in modes[:2] if increasing(stamps(m, head))), "index")
+    last_s = -math.inf
+    for frame in itertools.chain(head, it):
+        t_s = None
+        while t_s is None:
+            if mode == "index":
+                t_s = last_s + 1.0 / fps if math.isfinite(last_s) else 0.0
+            else:
+                t_s = stamps(mode, [frame])[0]
+                if t_s is None or t_s <= last_s:
+                    mode, t_s = modes[modes.index(mode) + 1], None
+        last_s = t_s
+        yield t_s, frame
+
+
+def grid_video_frames(
+    path: str | Path, n_frames: int, tolerance_s: float = 0.06
+) -> Iterator[tuple[int, np.ndarray | None]]:
+    """RGB uint8 [H, W, 3] frames nearest to each 12.5 Hz grid instant, None where no frame is within tolerance.
+
+    Decoding stops once the grid is filled; only the chosen frames are converted to RGB. A stream that breaks
+    off mid-file (a truncated download) yields None for the rest, as if the video had ended there.
+    """
+    import av
+
+    with _open_container(path) as container:
+        if not container.streams.video:
+            raise BadInput(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        t0_s = (container.start_time or 0) / 1e6
+
+        def decoded() -> Iterator[Any]:
+            try:
+                yield from container.decode(stream)
+            except av.FFmpegError:
+                return
+
+        last_frame, last_rgb = None, None
+        for k, frame in nearest_on_grid(frame_times(decoded(), fps, t0_s), n_frames, tolerance_s):
+            if frame is None:
+                yield k, None
+                continue
+            if frame is not last_frame:
+                last_frame, last_rgb = frame, frame.to_ndarray(format="rgb24")
+            yield k, last_rgb
