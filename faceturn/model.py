@@ -293,7 +293,7 @@ class ModelOutput:
     text_hidden: Tensor  # [B, T, D]  the text head's input for frame k (position k); see `text_logits`
     text_mask: Tensor  # [B, T] bool  text[k] present (!= -1)
     text_target: Tensor  # [B, T] long  the input text
-    audio_logits: Tensor  # [B, 8, T, card]  semantic: position k; acoustic: position k+1 (delay)
+    audio_logits: Tensor | None  # [B, 8, T, card]  semantic: position k; acoustic: position k+1 (delay)
     audio_mask: Tensor  # [B, 8, T] bool  code present and a position predicts it (acoustic: k < T-1)
     audio_target: Tensor  # [B, 8, T] long  the self's input codes
     face_pred: Tensor  # [B, T, 61]  face[k] predicted at position k, standardized units, 0 on zeroed groups
@@ -410,10 +410,20 @@ class Model(nn.Module):
                 if tokens.numel() and (tokens.min() < ZERO_TOKEN or tokens.max() >= card):
                     raise ValueError(f"{name} values must lie in [-1, {card}), got [{tokens.min()}, {tokens.max()}]")
 
-    def forward(self, text: Tensor, self_codes: Tensor, other_codes: Tensor, face: Tensor, face_present: Tensor):
+    def forward(
+        self,
+        text: Tensor,
+        self_codes: Tensor,
+        other_codes: Tensor,
+        face: Tensor,
+        face_present: Tensor,
+        audio: bool = True,
+    ):
         """text [B, T] (−1 absent), self_codes / other_codes [B, 8, T] (−1 padding), face [B, T, 61] (the
         interlocutor's), face_present [B, T] (bool or 0/1 float) → ModelOutput. "Face zeroed" = face 0 and
-        face_present 0 (the learned missing vector), as faceturn.data.zero_face."""
+        face_present 0 (the learned missing vector), as faceturn.data.zero_face. `audio=False` skips the depth
+        transformer (most of a small model's cost) when only the yield head or hidden states are wanted; the audio
+        logits are then None."""
         self._check_inputs(text, self_codes, other_codes, face, face_present)
         cfg, K = self.cfg, N_CODEBOOKS
         B, T = text.shape
@@ -433,7 +443,10 @@ class Model(nn.Module):
 
         h_pred = h[:, :T]  # position k predicts the next delayed column, k+1
         h_text, text_valid = _undelay(h_pred, cfg.delays[0])
-        audio_logits, audio_valid = self._depformer(h_pred, grid[:, : K + 1, 1:])
+        if audio:
+            audio_logits, audio_valid = self._depformer(h_pred, grid[:, : K + 1, 1:])
+        else:
+            audio_logits, audio_valid = None, torch.zeros(K, T, dtype=torch.bool, device=h.device)
         frame_mask = (codes[:, 1:] != ZERO_TOKEN).any(dim=1)
         present = face_present.bool()
         keep = self.face_encoder.keep

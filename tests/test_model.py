@@ -613,3 +613,12 @@ def test_flops_per_frame_agrees_with_torch_flop_counter(context):
     keys = sum(min(p + 1, context) for p in range(T + 1))  # T + 1 temporal positions
     attention = 3 * 2 * 2 * (cfg.num_layers * cfg.dim * keys + cfg.depformer_num_layers * cfg.depformer_dim * 36 * T)
     assert model.flops_per_frame(T) * T == pytest.approx(counter.get_total_flops() + attention, rel=1e-12)
+
+
+def test_audio_false_skips_the_depformer_and_keeps_every_other_output():
+    inputs = make_inputs(B=2, T=9)
+    model = make_model()
+    full, light = model(**inputs), model(**inputs, audio=False)
+    assert light.audio_logits is None and not light.audio_mask.any()
+    for name in ("yield_logits", "hidden", "face_pred", "text_logits"):
+        assert torch.equal(getattr(full, name), getattr(light, name)), name

@@ -318,3 +318,21 @@ def test_cluster_bootstrap_covers_and_frame_bootstrap_undercovers():
     print(res)
     assert res["coverage_cluster"] >= 0.85
     assert res["coverage_frame"] <= 0.75
+
+
+def test_cluster_bootstrap_ratio_matches_a_brute_force_loop():
+    from faceturn.eval.stats import _draw_multiplicities, cluster_bootstrap_ratio
+
+    rng = np.random.default_rng(3)
+    clusters = np.repeat(np.arange(12), rng.integers(2, 9, size=12))
+    num, den = rng.normal(1.0, 1.0, clusters.size), rng.uniform(0.5, 1.5, clusters.size)
+    res = cluster_bootstrap_ratio(num, den, clusters, n_resamples=300, seed=5)
+    assert res["value"] == pytest.approx(num.sum() / den.sum(), abs=1e-12)
+    brute = []
+    for block in _draw_multiplicities(12, 300, 5):
+        for w in block:
+            fw = w[clusters]
+            brute.append((fw * num).sum() / (fw * den).sum())
+    np.testing.assert_allclose(res["ci"], np.quantile(brute, [0.025, 0.975]), atol=1e-12)
+    with pytest.raises(ValueError, match="at least 2"):
+        cluster_bootstrap_ratio(num, den, np.zeros(clusters.size))

@@ -544,3 +544,39 @@ def frame_bootstrap(
     return _bootstrap(
         pos, scores, units, None, n_resamples=n_resamples, seed=seed, level=level, sample_weight=sample_weight
     )
+
+
+def cluster_bootstrap_ratio(
+    numerator: Any, denominator: Any, clusters: Any, *, n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """Σ numerator / Σ denominator with a conversation-clustered percentile CI.
+
+    A mean of per-frame values is the ratio with denominator 1; a ratio of two means (e.g. a readout gain relative
+    to a random baseline) passes frame sums of both. Resampling is the same "draw C conversations with replacement"
+    as the AUC bootstrap.
+    """
+    num = _as_scores(numerator, np.size(numerator), "numerator")
+    den = _as_scores(denominator, num.size, "denominator")
+    units, n_units = _factorize(clusters, num.size)
+    if n_units < 2:
+        raise ValueError(f"need at least 2 conversations to bootstrap, got {n_units}")
+    if den.sum() == 0:
+        raise ValueError("the denominator sums to 0")
+    per_unit = np.stack([np.bincount(units, num, n_units), np.bincount(units, den, n_units)], axis=1)  # [C, 2]
+    values = []
+    for block in _draw_multiplicities(n_units, int(n_resamples), int(seed)):
+        sums = block @ per_unit  # [r, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values.append(sums[:, 0] / sums[:, 1])
+    v = np.concatenate(values)
+    v = v[np.isfinite(v)]
+    q = [(1 - level) / 2, 1 - (1 - level) / 2]
+    return {
+        "value": float(num.sum() / den.sum()),
+        "ci": [float(x) for x in np.quantile(v, q)],
+        "n_frames": int(num.size),
+        "n_clusters": int(n_units),
+        "n_resamples": int(n_resamples),
+        "seed": int(seed),
+        "level": float(level),
+    }

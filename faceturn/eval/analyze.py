@@ -1,0 +1,192 @@
+"""Step 2 of the study: does a model use the face it is given? (Meant for a vanilla model, `yield_weight = 0`.)
+
+Three measurements on the same fixed windows, each with a conversation-clustered 95 % CI:
+
+1. **Prediction change.** Next-token NLL of the self's audio (semantic and acoustic codebooks) and text with the
+   face as given vs zeroed (ΔNLL = zeroed − face: positive means the face helps), and the mean KL divergence between
+   the two predictive distributions of the semantic codebook. Δ≈0 means the LM ignores the face.
+2. **Is the face encoded?** Frozen linear probes (logistic regression) read the turn-yield target from the temporal
+   hidden states; one is trained and tested with the face present, one with it zeroed (training windows from the
+   train split, scores on the evaluation split), and their paired ΔAUC says whether the hidden state carries facial
+   turn information even when the LM's predictions ignore it.
+3. **Readout gain.** The face-induced change of the hidden state Δh = h(face) − h(zeroed) is pushed through the
+   audio/text readout W (the depth transformer's input projections and the text head): ‖W·Δh‖/‖Δh‖, relative to the
+   same ratio for random directions. A ratio ≪ 1 means the face moves the hidden state in directions the readout
+   barely sees — the "orthogonal subspace" finding of the study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    split: str = "test"  # where the measurements are made
+    probe_train_split: str = "train"  # where the hidden-state probes are fitted
+    max_windows: int = 256  # fixed windows per split (evenly spaced over a tiling, both perspectives)
+    probe_stride_frames: int = 2  # scored frames kept for the probes
+    resamples: int = 2000
+    seed: int = 0
+    batch_size: int = 16
+
+
+def _readouts(model) -> dict[str, torch.Tensor]:
+    """The linear maps [R, D] that read the temporal output: audio (every depformer_in) and text (text_linear)."""
+    audio = torch.cat([lin.weight for lin in model.depformer_in], dim=0)
+    return {"audio": audio.detach().float(), "text": model.text_linear.weight.detach().float()}
+
+
+@torch.no_grad()
+def _collect(model, dataset, windows, batch_size: int, readouts: dict, rng: np.random.Generator):
+    from faceturn.data import validation_batches
+
+    cols: dict[str, list[np.ndarray]] = {}
+
+    def add(key, value):
+        cols.setdefault(key, []).append(np.asarray(value))
+
+    for batch in validation_batches(dataset, windows, batch_size):
+        out = model(batch.text, batch.self_codes, batch.other_codes, batch.face, batch.face_present)
+        z = batch.without_face()
+        out_z = model(z.text, z.self_codes, z.other_codes, z.face, z.face_present)
+        conv = np.array(batch.conversation)[:, None].repeat(batch.text.shape[1], 1)
+        # audio: per codebook-frame NLL and KL on the semantic codebook
+        am = out.audio_mask
+        logp = F.log_softmax(out.audio_logits.float(), -1)
+        logq = F.log_softmax(out_z.audio_logits.float(), -1)
+        tgt = out.audio_target.clamp(min=0).unsqueeze(-1)
+        nll_f = -logp.gather(-1, tgt).squeeze(-1)
+        nll_z = -logq.gather(-1, tgt).squeeze(-1)
+        for name, sl in (("semantic", slice(0, 1)), ("acoustic", slice(1, None))):
+            m = am[:, sl]
+            add(f"nll_{name}_face", nll_f[:, sl][m].numpy())
+            add(f"nll_{name}_zeroed", nll_z[:, sl][m].numpy())
+            add(f"nll_{name}_conv", np.broadcast_to(conv[:, None, :], m.shape)[m.numpy()])
+        m0 = am[:, 0]
+        kl = (logp[:, 0].exp() * (logp[:, 0] - logq[:, 0])).sum(-1)
+        add("kl_semantic", kl[m0].numpy())
+        add("kl_conv", conv[m0.numpy()])
+        if out.text_mask.any():
+            tm = out.text_mask
+            tt = out.text_target.clamp(min=0)
+            add("nll_text_face", F.cross_entropy(out.text_logits[tm].float(), tt[tm], reduction="none").numpy())
+            add("nll_text_zeroed", F.cross_entropy(out_z.text_logits[tm].float(), tt[tm], reduction="none").numpy())
+            add("nll_text_conv", conv[tm.numpy()])
+        # hidden states at scored frames: probes and readout gain
+        sm = (batch.m & batch.valid).numpy()
+        h_f, h_z = out.hidden.float()[batch.m & batch.valid], out_z.hidden.float()[batch.m & batch.valid]
+        add("h_face", h_f.numpy().astype(np.float32))
+        add("h_zeroed", h_z.numpy().astype(np.float32))
+        add("y", batch.y.numpy()[sm].astype(np.uint8))
+        add("h_conv", conv[sm])
+        dh = h_f - h_z
+        r = torch.from_numpy(rng.standard_normal(dh.shape).astype(np.float32))
+        add("norm_face", dh.norm(dim=-1).numpy())
+        add("norm_random", r.norm(dim=-1).numpy())
+        for name, w in readouts.items():
+            add(f"gain_{name}_face", (dh @ w.T).norm(dim=-1).numpy())
+            add(f"gain_{name}_random", (r @ w.T).norm(dim=-1).numpy())
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def _probe_auc(train: dict, test: dict, key: str, stride: int, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    sel = np.arange(0, train["y"].size, stride)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    model.fit(train[key][sel], train["y"][sel])
+    return model.predict_proba(test[key])[:, 1]
+
+
+def analyze(run: str | Path, corpus: str | Path, config: AnalyzeConfig = AnalyzeConfig(), progress: bool = True):
+    """All step-2 measurements of one trained model on one corpus; a JSON-ready dict."""
+    from faceturn.checkpoint import load_model, resolve_checkpoint
+    from faceturn.data import WindowDataset, validation_windows
+    from faceturn.eval.stats import cluster_bootstrap_ratio, paired_cluster_bootstrap
+
+    ckpt = resolve_checkpoint(run)
+    model, train_cfg = load_model(ckpt)
+    readouts = _readouts(model)
+    rng = np.random.default_rng(config.seed)
+    data = {}
+    for role, split in (("eval", config.split), ("probe_train", config.probe_train_split)):
+        ds = WindowDataset(corpus, split, train_cfg.data.window_frames, event_config=train_cfg.labels)
+        windows = validation_windows(ds, config.max_windows)
+        data[role] = _collect(model, ds, windows, config.batch_size, readouts, rng)
+    ev = data["eval"]
+    boot = {"n_resamples": config.resamples, "seed": config.seed}
+
+    def delta_nll(name: str) -> dict[str, Any]:
+        d = ev[f"nll_{name}_zeroed"] - ev[f"nll_{name}_face"]
+        res = cluster_bootstrap_ratio(d, np.ones_like(d), ev[f"nll_{name}_conv"], **boot)
+        res["nll_face"] = float(ev[f"nll_{name}_face"].mean())
+        res["nll_zeroed"] = float(ev[f"nll_{name}_zeroed"].mean())
+        return res
+
+    prediction_change = {
+        f"delta_nll_{n}": delta_nll(n) for n in ("semantic", "acoustic", "text") if f"nll_{n}_face" in ev
+    }
+    kl = ev["kl_semantic"]
+    prediction_change["kl_semantic"] = cluster_bootstrap_ratio(kl, np.ones_like(kl), ev["kl_conv"], **boot)
+
+    scores = {
+        "face": _probe_auc(data["probe_train"], ev, "h_face", config.probe_stride_frames, config.seed),
+        "zeroed": _probe_auc(data["probe_train"], ev, "h_zeroed", config.probe_stride_frames, config.seed),
+    }
+    probe = paired_cluster_bootstrap(ev["y"], scores, ev["h_conv"], n_resamples=config.resamples, seed=config.seed)
+
+    # gain ratio = mean(‖WΔh‖/‖Δh‖) / mean(‖Wr‖/‖r‖) for random r; frames where the face changed nothing (Δh = 0)
+    # carry no direction and are left out. The text readout counts only when the data has text: an untrained text
+    # head is a random matrix and would pull the ratio to 1.
+    moved = ev["norm_face"] > 1e-8 * max(float(ev["norm_face"].max()), 1e-30)
+    readout_gain = {}
+    for name in ["audio"] + (["text"] if "nll_text_face" in ev else []):
+        if not moved.any():
+            readout_gain[name] = {"value": None, "note": "the face changes no hidden state"}
+            continue
+        gain_face = ev[f"gain_{name}_face"][moved] / ev["norm_face"][moved]
+        gain_rand = ev[f"gain_{name}_random"][moved] / ev["norm_random"][moved]
+        readout_gain[name] = cluster_bootstrap_ratio(gain_face, gain_rand, ev["h_conv"][moved], **boot)
+        readout_gain[name].update({"gain_face": float(gain_face.mean()), "gain_random": float(gain_rand.mean())})
+    return {
+        "checkpoint": str(ckpt.resolve()),
+        "corpus": str(Path(corpus).resolve()),
+        "yield_weight": train_cfg.loss.yield_weight,
+        "zero_groups": list(model.cfg.zero_groups),
+        "config": asdict(config),
+        "n_scored_frames": int(ev["y"].size),
+        "prediction_change": prediction_change,
+        "hidden_probe": probe.to_dict(),
+        "readout_gain_ratio": readout_gain,
+    }
+
+
+def format_analysis(res: dict[str, Any]) -> str:
+    lines = [
+        f"Step 2 on {res['corpus']} ({res['config']['split']} split), model yield_weight={res['yield_weight']}",
+        "",
+        "| measure | value | 95% CI |",
+        "|---|---|---|",
+    ]
+    for k, v in res["prediction_change"].items():
+        lines.append(f"| {k} | {v['value']:+.5f} | [{v['ci'][0]:+.5f}, {v['ci'][1]:+.5f}] |")
+    p = res["hidden_probe"]
+    for c, label in (("face", "present"), ("zeroed", "zeroed")):
+        lines.append(f"| hidden-state yield probe AUC, face {label} | {p['auc'][c]:.3f} | "
+                     f"[{p['ci'][c][0]:.3f}, {p['ci'][c][1]:.3f}] |")  # fmt: skip
+    lines.append(f"| hidden-state probe ΔAUC (face − zeroed) | {p['delta']:+.3f} | "
+                 f"[{p['delta_ci'][0]:+.3f}, {p['delta_ci'][1]:+.3f}] |")  # fmt: skip
+    for name, g in res["readout_gain_ratio"].items():
+        if g.get("value") is not None:
+            ci = f"[{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]"
+            lines.append(f"| {name} readout-gain ratio (face Δh vs random directions) | {g['value']:.3f} | {ci} |")
+    return "\n".join(lines)

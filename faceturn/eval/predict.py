@@ -1,0 +1,159 @@
+"""Per-frame predictions, written once; every metric and figure is a pure function of this file.
+
+For every conversation of a split and both perspectives, the model reads the conversation in windows of its
+training length with half-window overlap (each frame but the first half-window of a conversation is predicted with
+at least half a window of context), once with the face as given and once with the whole face zeroed (values 0,
+face_present 0 — the learned missing vector, as in training's face dropout). The checkpoint's own `zero_groups`
+apply in both. The file is an `.npz` of plain arrays (read with `allow_pickle=False`) plus a JSON header naming the
+corpus, split, checkpoint and configs, so `evaluate` can refuse a file that does not match what it is asked about.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "faceturn-predictions/1"
+
+
+@dataclass
+class Predictions:
+    """Per-frame rows; one row per (conversation, perspective, frame)."""
+
+    p_face: np.ndarray  # [N] float32 P(yield) with the face as given
+    p_zeroed: np.ndarray  # [N] float32 P(yield) with the whole face zeroed
+    y: np.ndarray  # [N] uint8 turn-yield target
+    m: np.ndarray  # [N] bool scored frame
+    holder: np.ndarray  # [N] int8 1 self holds the floor, 0 the interlocutor, -1 nobody
+    conversation: np.ndarray  # [N] int32 index into meta["conversations"]
+    perspective: np.ndarray  # [N] int8 which participant is self
+    frame: np.ndarray  # [N] int32 frame index in the conversation
+    meta: dict[str, Any]
+    hidden_face: np.ndarray | None = None  # [N, D] float16 temporal output (for probes), on request
+    hidden_zeroed: np.ndarray | None = None
+
+    def save(self, path: str | Path) -> None:
+        from faceturn.io import atomic_write_bytes
+
+        arrays = {k: getattr(self, k) for k in _ARRAYS}
+        for k in ("hidden_face", "hidden_zeroed"):
+            if getattr(self, k) is not None:
+                arrays[k] = getattr(self, k)
+        arrays["meta"] = np.frombuffer(json.dumps(self.meta, sort_keys=True).encode(), dtype=np.uint8)
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(Path(path), buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Predictions:
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable prediction file ({e})") from None
+        missing = [k for k in (*_ARRAYS, "meta") if k not in data]
+        if missing:
+            raise ValueError(f"{path}: not a faceturn prediction file (missing {missing})")
+        meta = json.loads(bytes(data.pop("meta")).decode())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        n = data["p_face"].shape[0]
+        bad = [k for k in _ARRAYS if data[k].shape[0] != n]
+        if bad:
+            raise ValueError(f"{path}: arrays {bad} do not have {n} rows")
+        for k in ("p_face", "p_zeroed"):
+            if not np.isfinite(data[k]).all():
+                raise ValueError(f"{path}: {int((~np.isfinite(data[k])).sum())} non-finite values in {k}")
+        return cls(meta=meta, **data)
+
+
+_ARRAYS = ("p_face", "p_zeroed", "y", "m", "holder", "conversation", "perspective", "frame")
+
+
+def window_starts(n_frames: int, window_frames: int) -> list[tuple[int, int]]:
+    """(start, first frame kept) pairs tiling a conversation with half-window overlap; every frame kept once."""
+    if n_frames <= window_frames:
+        return [(0, 0)]
+    hop = max(1, window_frames // 2)
+    out = [(0, 0)]
+    start = hop
+    while start + window_frames < n_frames:
+        out.append((start, start + window_frames - hop))
+        start += hop
+    last = n_frames - window_frames
+    out.append((last, out[-1][0] + window_frames))  # the final window keeps whatever the previous ones did not
+    return out
+
+
+@torch.no_grad()
+def predict(
+    run: str | Path,
+    corpus: str | Path,
+    split: str,
+    *,
+    batch_size: int = 16,
+    hidden: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Predictions:
+    """Run a trained model over every conversation of a split, both perspectives, face as given and zeroed."""
+    from tqdm import tqdm
+
+    from faceturn.checkpoint import load_model, resolve_checkpoint
+    from faceturn.config import to_dict
+    from faceturn.data import WindowDataset
+
+    ckpt = resolve_checkpoint(run)
+    model, train_cfg = load_model(ckpt, device=device)
+    window = train_cfg.data.window_frames
+    ds = WindowDataset(corpus, split, window, event_config=train_cfg.labels)
+    jobs = []  # (conversation index, self speaker, start, first kept frame)
+    for ci in range(len(ds)):
+        for s in (0, 1):
+            jobs += [(ci, s, start, keep) for start, keep in window_starts(int(ds.n_frames[ci]), window)]
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in (*_ARRAYS, "hidden_face", "hidden_zeroed")}
+    for i in tqdm(range(0, len(jobs), batch_size), desc=f"predict {split}", disable=not progress, unit="batch"):
+        chunk = jobs[i : i + batch_size]
+        batch = ds.batch([(ci, s, start, False) for ci, s, start, _ in chunk]).to(device)
+        out = model(batch.text, batch.self_codes, batch.other_codes, batch.face, batch.face_present, audio=False)
+        z = batch.without_face()
+        out_z = model(z.text, z.self_codes, z.other_codes, z.face, z.face_present, audio=False)
+        p_face = torch.sigmoid(out.yield_logits.float()).cpu().numpy()
+        p_zero = torch.sigmoid(out_z.yield_logits.float()).cpu().numpy()
+        for j, (ci, s, start, keep) in enumerate(chunk):
+            n = int(batch.valid[j].sum())
+            sel = slice(keep - start, n)
+            frames = np.arange(keep, start + n, dtype=np.int32)
+            cols["p_face"].append(p_face[j, sel])
+            cols["p_zeroed"].append(p_zero[j, sel])
+            cols["y"].append(batch.y[j, sel].cpu().numpy().astype(np.uint8))
+            cols["m"].append(batch.m[j, sel].cpu().numpy().astype(bool))
+            cols["holder"].append(batch.holder[j, sel].cpu().numpy().astype(np.int8))
+            cols["conversation"].append(np.full(frames.size, ci, np.int32))
+            cols["perspective"].append(np.full(frames.size, s, np.int8))
+            cols["frame"].append(frames)
+            if hidden:
+                cols["hidden_face"].append(out.hidden[j, sel].float().cpu().numpy().astype(np.float16))
+                cols["hidden_zeroed"].append(out_z.hidden[j, sel].float().cpu().numpy().astype(np.float16))
+    meta = {
+        "format": FORMAT,
+        "corpus": str(Path(corpus).resolve()),
+        "split": split,
+        "checkpoint": str(ckpt.resolve()),
+        "conversations": list(ds.ids),
+        "window_frames": window,
+        "zero_groups": list(model.cfg.zero_groups),
+        "face_dropout": train_cfg.data.face_dropout,
+        "yield_weight": train_cfg.loss.yield_weight,
+        "train_config": to_dict(train_cfg),
+    }
+    arrays = {k: np.concatenate(v) for k, v in cols.items() if v}
+    return Predictions(meta=meta, **{k: arrays.get(k) for k in (*_ARRAYS, "hidden_face", "hidden_zeroed")})
