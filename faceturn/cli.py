@@ -1,19 +1,30 @@
 """The `faceturn` command. Each subcommand lives in its own module and is imported only when it runs.
 
-A subcommand module defines `add_arguments(parser)` and `run(args) -> int` (the exit status).
+A subcommand module defines `add_arguments(parser)` and `run(args) -> int` (the exit status). Bad input ends with
+a one-line error and exit status 2; set FACETURN_DEBUG=1 for the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Order is the order shown by `faceturn --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("faceturn.commands.demo", "build both synthetic corpora and run the main job end to end"),
     "synth": ("faceturn.commands.synth", "generate a synthetic audio-visual conversation corpus"),
+    "prepare": (
+        "faceturn.commands.prepare",
+        "prepare a real corpus (Seamless Interaction, MultiDialog, Live Link Face takes) on the 12.5 Hz grid",
+    ),
     "inspect": ("faceturn.commands.inspect", "validate a corpus and print its statistics"),
+    "train": ("faceturn.commands.train", "train the face-aware dialogue LM (CPU, one GPU or torchrun)"),
+    "probe": ("faceturn.commands.probe", "step 1: logistic probe on windows of the interlocutor's face"),
+    "analyze": ("faceturn.commands.analyze", "step 2: does the model use the face? (ΔNLL, KL, probes, readout gain)"),
+    "predict": ("faceturn.commands.predict", "per-frame P(yield) with the face and with it zeroed"),
+    "evaluate": ("faceturn.commands.evaluate", "step 3: face vs zeroed AUC with paired CIs, VAP event metrics"),
 }
 
 
@@ -39,4 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+    from faceturn.config import ConfigError
+    from faceturn.schema import SchemaError
+    from faceturn.store import CorpusError
+
+    try:
+        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+    except (ConfigError, SchemaError, CorpusError, ValueError) as e:  # bad input: a clear message, not a traceback
+        if os.environ.get("FACETURN_DEBUG"):
+            raise
+        print(f"faceturn {args.command}: error: {e}", file=sys.stderr)
+        return 2
