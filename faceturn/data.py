@@ -1,0 +1,405 @@
+"""Training and validation windows: both perspectives of every conversation, with turn labels and masks.
+
+A sample is (conversation, self speaker s, start frame). The model speaks as s: it gets s's text and audio codes,
+the interlocutor's audio codes and the *interlocutor's* face (never its own), and the turn labels as seen from s.
+Labels are computed once per conversation on its whole length (so a window's targets may look past its end, as the
+label definition does) and then cut.
+
+Why the sampler is a pure function: epoch e's plan (which windows, in which order, where they start, which lose
+their face) is drawn from a generator seeded by (seed, e) alone. Sample i of the infinite stream is therefore fixed
+by (seed, i), the loader's whole state is the index of the next global batch, a resumed run sees exactly the batches
+it would have seen, and DDP ranks need no communication: rank r takes its slice of every global batch.
+
+Global batch layout: a step consumes G = batch_size × world_size × grad_accum samples; micro-step a of rank r gets
+samples [(a·world_size + r)·batch_size, +batch_size) of the step. One process with grad_accum × world_size
+micro-steps therefore sees the same micro-batches, in the same order, as the DDP run.
+
+"Face zeroed" (face dropout here, the face-zeroed condition at evaluation) means the model gets no face at all:
+values 0 *and* face_present = 0, so it sees its learned "missing face" input. Raw zeros with face_present = 1 would
+not be neutral: the standardize encoder maps them to -mean/std, a face nobody ever showed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from faceturn.schema import N_CODEBOOKS, N_FACE
+from faceturn.timebase import duration_to_frames
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How training windows are drawn (saved with every run and checkpoint)."""
+
+    window_s: float = 20.0  # window length; converted to frames with the one timebase rule (ceil)
+    batch_size: int = 8  # windows per micro-batch per process
+    face_dropout: float = 0.0  # probability that a training window gets no face at all (see module docstring)
+    seed: int = 0  # the whole sample stream is a function of this seed
+    train_split: str = "train"
+    val_split: str = "val"
+    val_max_windows: int = 256  # validation uses at most this many fixed windows (evenly spaced over the tiling)
+
+    def __post_init__(self) -> None:
+        if not self.window_s > 0:
+            raise ValueError(f"data.window_s must be > 0 seconds, got {self.window_s}")
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.face_dropout <= 1.0:
+            raise ValueError(f"data.face_dropout must be a probability in [0, 1], got {self.face_dropout}")
+        if self.val_max_windows < 1:
+            raise ValueError(f"data.val_max_windows must be >= 1, got {self.val_max_windows}")
+
+    @property
+    def window_frames(self) -> int:
+        return duration_to_frames(self.window_s)
+
+
+def zero_face(face: torch.Tensor, face_present: torch.Tensor, rows: torch.Tensor | None = None):
+    """The "face zeroed" input: values 0 and face_present 0, for all samples or only the boolean `rows` [B]."""
+    if rows is None:
+        return torch.zeros_like(face), torch.zeros_like(face_present)
+    keep = ~rows.to(torch.bool)
+    return face * keep[:, None, None].to(face.dtype), face_present & keep[:, None]
+
+
+@dataclass
+class Batch:
+    """One micro-batch of windows, each from one perspective. T = window frames; padding past a conversation's end."""
+
+    text: torch.Tensor  # [B, T] long, self's text tokens, -1 absent or padding
+    self_codes: torch.Tensor  # [B, 8, T] long, self's audio codes, -1 padding
+    other_codes: torch.Tensor  # [B, 8, T] long, interlocutor's audio codes, -1 padding
+    face: torch.Tensor  # [B, T, 61] float32, interlocutor's A61 face
+    face_present: torch.Tensor  # [B, T] bool
+    y: torch.Tensor  # [B, T] float32, 1 = a floor hand-over within the horizon
+    m: torch.Tensor  # [B, T] bool, frame is scored (label defined and not padding)
+    holder: torch.Tensor  # [B, T] int8, 1 self holds the floor, 0 interlocutor holds, -1 nobody
+    valid: torch.Tensor  # [B, T] bool, False on padding
+    self_speaker: torch.Tensor  # [B] long, which participant is self
+    start_frame: torch.Tensor  # [B] long, window start in the conversation
+    conversation: list[str]  # [B] conversation ids
+
+    def to(self, device: torch.device | str) -> Batch:
+        moved = {
+            f.name: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return Batch(**moved)
+
+    def without_face(self) -> Batch:
+        """The same windows with the face zeroed (see module docstring)."""
+        face, present = zero_face(self.face, self.face_present)
+        return dataclasses.replace(self, face=face, face_present=present)
+
+    @property
+    def n_valid_frames(self) -> int:
+        return int(self.valid.sum())
+
+
+@dataclass(frozen=True)
+class _Conversation:
+    """One conversation's arrays, converted once for fast window cutting."""
+
+    codes: np.ndarray  # [2, 8, T] int64
+    text: np.ndarray  # [2, T] int64
+    face: np.ndarray  # [2, T, 61] float32
+    face_present: np.ndarray  # [2, T] bool
+
+
+@dataclass(frozen=True)
+class _Labels:
+    y: np.ndarray  # [T] float32
+    m: np.ndarray  # [T] bool
+    holder: np.ndarray  # [2, T] int8, holder relative to self speaker 0 and 1
+
+
+class WindowDataset:
+    """Windows of one split of a corpus. Conversations are loaded lazily into a bounded cache; labels are kept."""
+
+    def __init__(
+        self,
+        corpus_root: str | Path,
+        split: str,
+        window_frames: int,
+        event_config: Any = None,
+        max_cached_conversations: int = 1024,
+    ) -> None:
+        from faceturn.labels import EventConfig
+        from faceturn.store import Corpus
+
+        self.corpus = Corpus(corpus_root)
+        self.split = split
+        self.window_frames = int(window_frames)
+        if self.window_frames < 1:
+            raise ValueError(f"window_frames must be >= 1, got {window_frames}")
+        self.event_config = EventConfig() if event_config is None else event_config
+        self.ids: list[str] = list(self.corpus.ids(split))
+        if not self.ids:
+            raise ValueError(f"{self.corpus.root}: no conversations in split {split!r}")
+        by_id = {e.id: e for e in self.corpus.entries}
+        self.n_frames = np.array([int(by_id[i].n_frames) for i in self.ids], dtype=np.int64)
+        self._cache: OrderedDict[int, _Conversation] = OrderedDict()
+        self._max_cached = max(1, int(max_cached_conversations))
+        self._labels: dict[int, _Labels] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def fingerprint(self) -> str:
+        """Identifies the split's content layout (ids and lengths): a resumed run must see the same corpus."""
+        blob = json.dumps([self.split, self.ids, self.n_frames.tolist(), self.window_frames]).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def _conversation(self, index: int) -> _Conversation:
+        conv = self._cache.get(index)
+        if conv is not None:
+            self._cache.move_to_end(index)
+            return conv
+        raw = self.corpus.load(self.ids[index])
+        t = raw.codes.shape[-1]
+        if t != self.n_frames[index]:
+            raise ValueError(
+                f"{self.corpus.root}: conversation {self.ids[index]!r} has {t} frames but the manifest says "
+                f"{self.n_frames[index]}"
+            )
+        conv = _Conversation(
+            codes=np.asarray(raw.codes, dtype=np.int64),
+            text=np.asarray(raw.text, dtype=np.int64),
+            face=np.asarray(raw.face, dtype=np.float32),
+            face_present=np.asarray(raw.face_present).astype(bool),
+        )
+        if index not in self._labels:
+            self._labels[index] = self._compute_labels(raw.va)
+        self._cache[index] = conv
+        while len(self._cache) > self._max_cached:
+            self._cache.popitem(last=False)
+        return conv
+
+    def _compute_labels(self, va: np.ndarray) -> _Labels:
+        from faceturn.labels import turn_labels
+
+        lab = turn_labels(np.asarray(va), self.event_config)
+        holder = np.stack([np.asarray(lab.floor_relative(s), dtype=np.int8) for s in (0, 1)])
+        return _Labels(y=np.asarray(lab.y, dtype=np.float32), m=np.asarray(lab.m, dtype=bool), holder=holder)
+
+    def max_start(self, index: int) -> int:
+        """Last start frame of a full window (0 when the conversation is shorter than a window)."""
+        return max(0, int(self.n_frames[index]) - self.window_frames)
+
+    def windows_per_epoch(self) -> np.ndarray:
+        """Windows per perspective and epoch, so that an epoch covers each conversation about once."""
+        return np.maximum(1, np.rint(self.n_frames / self.window_frames)).astype(np.int64)
+
+    def batch(self, samples: Sequence[tuple[int, int, int, bool]]) -> Batch:
+        """Cut windows (conversation index, self speaker, start frame, face dropped) and stack them."""
+        b, w = len(samples), self.window_frames
+        text = np.full((b, w), -1, dtype=np.int64)
+        self_codes = np.full((b, N_CODEBOOKS, w), -1, dtype=np.int64)
+        other_codes = np.full((b, N_CODEBOOKS, w), -1, dtype=np.int64)
+        face = np.zeros((b, w, N_FACE), dtype=np.float32)
+        face_present = np.zeros((b, w), dtype=bool)
+        y = np.zeros((b, w), dtype=np.float32)
+        m = np.zeros((b, w), dtype=bool)
+        holder = np.full((b, w), -1, dtype=np.int8)
+        valid = np.zeros((b, w), dtype=bool)
+        dropped = np.zeros(b, dtype=bool)
+        for j, (ci, s, start, drop) in enumerate(samples):
+            conv = self._conversation(ci)
+            lab = self._labels[ci]
+            stop = min(start + w, int(self.n_frames[ci]))
+            n = stop - start
+            if n <= 0 or start < 0:
+                raise ValueError(f"window start {start} outside conversation {self.ids[ci]!r}")
+            o = 1 - s
+            text[j, :n] = conv.text[s, start:stop]
+            self_codes[j, :, :n] = conv.codes[s, :, start:stop]
+            other_codes[j, :, :n] = conv.codes[o, :, start:stop]
+            face[j, :n] = conv.face[o, start:stop]
+            face_present[j, :n] = conv.face_present[o, start:stop]
+            y[j, :n] = lab.y[start:stop]
+            m[j, :n] = lab.m[start:stop]
+            holder[j, :n] = lab.holder[s, start:stop]
+            valid[j, :n] = True
+            dropped[j] = drop
+        face_t, present_t = torch.from_numpy(face), torch.from_numpy(face_present)
+        if dropped.any():
+            face_t, present_t = zero_face(face_t, present_t, torch.from_numpy(dropped))
+        return Batch(
+            text=torch.from_numpy(text),
+            self_codes=torch.from_numpy(self_codes),
+            other_codes=torch.from_numpy(other_codes),
+            face=face_t,
+            face_present=present_t,
+            y=torch.from_numpy(y),
+            m=torch.from_numpy(m),
+            holder=torch.from_numpy(holder),
+            valid=torch.from_numpy(valid),
+            self_speaker=torch.tensor([s for _, s, _, _ in samples], dtype=torch.long),
+            start_frame=torch.tensor([st for _, _, st, _ in samples], dtype=torch.long),
+            conversation=[self.ids[ci] for ci, _, _, _ in samples],
+        )
+
+
+class WindowLoader:
+    """The infinite, seeded stream of training micro-batches for one process (see module docstring).
+
+    State: the index of the next global step. `state_dict()` also records what the stream depends on (seed, global
+    and per-process batch, corpus fingerprint), and `load_state_dict` refuses a state from a different stream.
+    """
+
+    def __init__(
+        self,
+        dataset: WindowDataset,
+        batch_size: int,
+        seed: int,
+        face_dropout: float = 0.0,
+        grad_accum: int = 1,
+        world_size: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of size {world_size}")
+        if batch_size < 1 or grad_accum < 1:
+            raise ValueError(f"batch_size and grad_accum must be >= 1, got {batch_size} and {grad_accum}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.face_dropout = float(face_dropout)
+        self.grad_accum = grad_accum
+        self.world_size = world_size
+        self.rank = rank
+        self.next_step = 0
+        reps = dataset.windows_per_epoch()
+        # One epoch = every (conversation, perspective) pair, repeated so the epoch covers each conversation once.
+        conv = np.repeat(np.arange(len(dataset)), reps)
+        self._items_conv = np.concatenate([conv, conv])
+        self._items_self = np.concatenate([np.zeros(len(conv), np.int64), np.ones(len(conv), np.int64)])
+        self._n_starts = np.array([dataset.max_start(c) + 1 for c in range(len(dataset))], dtype=np.int64)
+        self._plans: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size * self.grad_accum
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return len(self._items_conv)
+
+    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Epoch plan (conversation, self, start, face dropped) in stream order; a function of (seed, epoch) only."""
+        plan = self._plans.get(epoch)
+        if plan is None:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(self.samples_per_epoch)
+            conv = self._items_conv[order]
+            n_starts = self._n_starts[conv]
+            starts = np.minimum((rng.random(len(order)) * n_starts).astype(np.int64), n_starts - 1)
+            dropped = rng.random(len(order)) < self.face_dropout
+            plan = (conv, self._items_self[order], starts, dropped)
+            self._plans[epoch] = plan
+            while len(self._plans) > 2:
+                self._plans.popitem(last=False)
+        return plan
+
+    def sample(self, index: int) -> tuple[int, int, int, bool]:
+        """Sample `index` of the infinite stream: (conversation index, self speaker, start frame, face dropped)."""
+        epoch, pos = divmod(index, self.samples_per_epoch)
+        conv, self_, starts, dropped = self._plan(epoch)
+        return int(conv[pos]), int(self_[pos]), int(starts[pos]), bool(dropped[pos])
+
+    def step_samples(self, step: int) -> list[list[tuple[int, int, int, bool]]]:
+        """This process's micro-batches of global step `step` (grad_accum lists of batch_size samples)."""
+        base = step * self.global_batch_size
+        out = []
+        for a in range(self.grad_accum):
+            first = base + (a * self.world_size + self.rank) * self.batch_size
+            out.append([self.sample(first + j) for j in range(self.batch_size)])
+        return out
+
+    def next_batches(self) -> list[Batch]:
+        """The micro-batches of the next global step for this process; advances the state."""
+        batches = [self.dataset.batch(samples) for samples in self.step_samples(self.next_step)]
+        self.next_step += 1
+        return batches
+
+    def __iter__(self) -> Iterator[list[Batch]]:
+        while True:
+            yield self.next_batches()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "next_step": self.next_step,
+            "seed": self.seed,
+            "face_dropout": self.face_dropout,
+            "global_batch_size": self.global_batch_size,
+            "batch_size": self.batch_size,
+            "corpus_fingerprint": self.dataset.fingerprint(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = self.state_dict()
+        for key in ("seed", "face_dropout", "global_batch_size", "batch_size", "corpus_fingerprint"):
+            if state.get(key) != mine[key]:
+                raise ValueError(
+                    f"data loader state does not fit this run: {key} is {state.get(key)!r} in the checkpoint but "
+                    f"{mine[key]!r} now"
+                )
+        step = state.get("next_step")
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"data loader state: next_step must be an integer >= 0, got {step!r}")
+        self.next_step = step
+
+
+def validation_windows(dataset: WindowDataset, max_windows: int) -> list[tuple[int, int, int, bool]]:
+    """Fixed windows tiling every conversation from both perspectives; evenly thinned to at most `max_windows`."""
+    all_windows = [
+        (ci, s, start, False)
+        for ci in range(len(dataset))
+        for s in (0, 1)
+        for start in range(0, int(dataset.n_frames[ci]), dataset.window_frames)
+    ]
+    if len(all_windows) <= max_windows:
+        return all_windows
+    keep = np.unique(np.linspace(0, len(all_windows) - 1, max_windows).round().astype(np.int64))
+    return [all_windows[i] for i in keep]
+
+
+def validation_batches(dataset: WindowDataset, windows: Sequence[tuple[int, int, int, bool]], batch_size: int):
+    """Deterministic validation micro-batches over fixed windows."""
+    for i in range(0, len(windows), batch_size):
+        yield dataset.batch(windows[i : i + batch_size])
+
+
+def face_statistics(dataset: WindowDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of the face over face-present frames of a split (both participants).
+
+    For the `standardize` encoder: fixed corpus statistics, so a channel's meaning never depends on the others.
+    A constant channel gets std 1 (it then stays constant, not blown up by a near-zero divisor).
+    """
+    total = np.zeros(N_FACE, np.float64)
+    total_sq = np.zeros(N_FACE, np.float64)
+    count = 0
+    for i in dataset.ids:
+        conv = dataset.corpus.load(i)
+        present = np.asarray(conv.face_present).astype(bool)
+        x = np.asarray(conv.face, dtype=np.float64)[present]  # [n, 61]
+        total += x.sum(0)
+        total_sq += (x * x).sum(0)
+        count += x.shape[0]
+    if count == 0:
+        raise ValueError(f"{dataset.corpus.root}: split {dataset.split!r} has no face-present frames")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    std = np.where(std > 1e-6, std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)

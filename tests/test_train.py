@@ -1,0 +1,246 @@
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from faceturn import checkpoint as ck
+from faceturn.train import RunDirError, TrainConfig, load_train_config, lr_at, train
+
+MICRO_MODEL = (
+    'model.overrides=["dim=32", "num_layers=1", "num_heads=2", "text_card=8", "depformer_dim=16", '
+    '"depformer_num_heads=2", "depformer_dim_feedforward=32", "face_hidden=16", "yield_hidden=16", '
+    "\"zero_groups=['head_trans', 'brow']\"]"
+)
+BASE = [
+    MICRO_MODEL,
+    "data.window_s=4",
+    "data.batch_size=2",
+    "data.face_dropout=0.25",
+    "data.val_max_windows=4",
+    "optim.max_steps=6",
+    "optim.warmup_steps=2",
+    "optim.lr=3e-3",
+    "eval_every_steps=0",
+    "checkpoint_every_steps=2",
+    "keep_last=2",
+    "log_every_steps=1",
+    "progress=false",
+]
+
+
+def _cfg(*extra: str) -> TrainConfig:
+    return load_train_config("aux", [*BASE, *extra])
+
+
+def _params(run_dir) -> dict[str, torch.Tensor]:
+    model, _ = ck.load_model(run_dir)
+    return model.state_dict()
+
+
+def _max_diff(a, b) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Micro models gain nothing from intra-op threads, and on a shared CPU their barriers cost 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    from faceturn.synth import generate_corpus, load_preset
+
+    cfg = load_preset("tight", ["floor.duration_min_s=20", "floor.duration_max_s=24", "conversations_per_group=2"])
+    out = tmp_path_factory.mktemp("corpus")
+    generate_corpus(cfg, out, 10, seed=5, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(corpus_dir, tmp_path_factory):
+    """6 steps in one go (the run the resumed ones must reproduce)."""
+    run = tmp_path_factory.mktemp("runs") / "reference"
+    result = train(_cfg("eval_every_steps=3"), corpus_dir, run)
+    assert result.step == 6 and result.stop_reason == "max_steps"
+    return run
+
+
+def test_run_folder_layout_metrics_and_falling_loss(reference_run):
+    names = [p.name for p in ck.complete_checkpoints(reference_run)]
+    assert names == ["step-0000004", "step-0000006"]  # keep_last = 2
+    for f in (ck.MODEL_FILE, ck.OPTIMIZER_FILE, ck.STATE_FILE, ck.CONFIG_FILE, ck.COMPLETE):
+        assert (reference_run / "checkpoints" / "step-0000006" / f).is_file()
+    saved = json.loads((reference_run / "config.json").read_text())
+    assert saved["train"]["loss"]["yield_weight"] > 0 and saved["schema"]["version"] == 1
+    records = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["event"] == "train"]
+    assert [r["step"] for r in train_records] == [1, 2, 3, 4, 5, 6]
+    assert all(r["frames_per_s"] > 0 and r["grad_norm"] > 0 for r in train_records)
+    vals = [r for r in records if r["event"] == "val"]
+    assert [r["step"] for r in vals] == [3, 6]
+    assert vals[1]["val_loss"] < vals[0]["val_loss"]  # fixed validation windows: the model learns
+    assert all(0.0 <= r["val_yield_auc"] <= 1.0 and "val_yield_auc_face_zeroed" in r for r in vals)
+    state = json.loads((reference_run / "checkpoints" / "step-0000006" / ck.STATE_FILE).read_text())
+    assert state["step"] == 6 and state["data"]["next_step"] == 6
+
+
+def test_checkpoint_stores_zero_groups_face_dropout_and_face_statistics(reference_run):
+    model, cfg = ck.load_model(reference_run)
+    assert model.cfg.zero_groups == ("head_trans", "brow")
+    assert cfg.data.face_dropout == 0.25 and cfg.loss.yield_weight > 0
+    assert not model.training
+    assert not torch.equal(model.face_encoder.face_mean, torch.zeros(61))  # corpus statistics, not the defaults
+    optimizer_state = torch.load(reference_run / "checkpoints" / "step-0000006" / ck.OPTIMIZER_FILE, weights_only=True)
+    assert optimizer_state["state"]  # AdamW moments are there
+
+
+def test_exact_resume_after_stop(reference_run, corpus_dir, tmp_path):
+    run = tmp_path / "resumed"
+    first = train(_cfg("stop_at_step=3"), corpus_dir, run)
+    assert first.step == 3 and first.stop_reason == "stop_at_step"
+    assert ck.latest_checkpoint(run).name == "step-0000003"
+    with pytest.raises(RunDirError, match="not empty; pass --resume"):
+        train(_cfg(), corpus_dir, run)
+    second = train(_cfg(), corpus_dir, run, resume=True)
+    assert second.step == 6
+    assert _max_diff(_params(run), _params(reference_run)) <= 1e-6
+    events = [json.loads(line)["event"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("resume") == 1
+
+
+def test_killed_checkpoint_write_is_ignored_and_resume_is_exact(reference_run, corpus_dir, tmp_path, monkeypatch):
+    run = tmp_path / "killed"
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def dies_on_second_checkpoint(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the step-4 write: model.safetensors is already on disk
+            raise KeyboardInterrupt("killed while writing optimizer.pt")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dies_on_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(), corpus_dir, run)
+    monkeypatch.setattr(torch, "save", real_save)
+    partial = run / "checkpoints" / ".tmp-step-0000004"
+    assert (partial / ck.MODEL_FILE).is_file() and not (partial / ck.COMPLETE).exists()
+    # a renamed folder without its COMPLETE marker (e.g. copied half) is not a checkpoint either
+    fake = run / "checkpoints" / "step-0000005"
+    shutil.copytree(run / "checkpoints" / "step-0000002", fake)
+    (fake / ck.COMPLETE).unlink()
+    assert ck.latest_checkpoint(run).name == "step-0000002"
+    model, _ = ck.load_model(run)  # the previous checkpoint still loads
+    assert sum(p.numel() for p in model.parameters()) > 0
+    with pytest.raises(ck.CheckpointError, match="incomplete checkpoint"):
+        ck.load_model(fake)
+    shutil.rmtree(fake)
+    result = train(_cfg(), corpus_dir, run, resume=True)
+    assert result.step == 6 and not partial.exists()
+    assert _max_diff(_params(run), _params(reference_run)) <= 1e-6
+
+
+def test_mismatched_config_or_schema_names_the_field(reference_run, corpus_dir, tmp_path):
+    with pytest.raises(ck.CheckpointError, match=r"train\.optim\.lr \(checkpoint has 0\.003, now 0\.001\)"):
+        train(_cfg("optim.lr=1e-3"), corpus_dir, reference_run, resume=True)
+    other_model = MICRO_MODEL.replace("dim=32", "dim=48")
+    with pytest.raises(ck.CheckpointError, match=r"model\.dim \(checkpoint has 32, now 48\)"):
+        train(load_train_config("aux", [*BASE, other_model]), corpus_dir, reference_run, resume=True)
+    bad = tmp_path / "step-0000006"
+    shutil.copytree(reference_run / "checkpoints" / "step-0000006", bad)
+    config = json.loads((bad / ck.CONFIG_FILE).read_text())
+
+    def rewrite(cfg):  # as another faceturn would have written it, COMPLETE marker included
+        (bad / ck.CONFIG_FILE).write_text(json.dumps(cfg))
+        marker = json.loads((bad / ck.COMPLETE).read_text())
+        marker["files"][ck.CONFIG_FILE] = (bad / ck.CONFIG_FILE).stat().st_size
+        (bad / ck.COMPLETE).write_text(json.dumps(marker))
+
+    config["schema"]["face_channels"][0] = "eyeBlink_L"
+    rewrite(config)
+    with pytest.raises(ck.CheckpointError, match=r"schema\.face_channels differ.*index 0: 'eyeBlink_L'"):
+        ck.load_model(bad)
+    config["schema"]["version"] = 99
+    rewrite(config)
+    with pytest.raises(ck.CheckpointError, match=r"schema\.version is 99"):
+        ck.load_model(bad)
+
+
+def test_learning_rate_schedule():
+    cfg = _cfg("optim.max_steps=100", "optim.warmup_steps=10", "optim.min_lr_ratio=0.1").optim
+    assert lr_at(0, cfg) == pytest.approx(cfg.lr / 10)
+    assert lr_at(9, cfg) == pytest.approx(cfg.lr)
+    assert lr_at(10, cfg) == pytest.approx(cfg.lr)
+    assert lr_at(55, cfg) == pytest.approx(0.55 * cfg.lr)  # halfway down the cosine
+    assert lr_at(100, cfg) == pytest.approx(0.1 * cfg.lr)
+    assert all(lr_at(s + 1, cfg) <= lr_at(s, cfg) for s in range(10, 100))
+
+
+def test_presets_differ_only_in_yield_weight():
+    from faceturn.config import to_dict
+
+    aux, vanilla = to_dict(load_train_config("aux")), to_dict(load_train_config("vanilla"))
+    assert aux["loss"].pop("yield_weight") > 0 and vanilla["loss"].pop("yield_weight") == 0
+    assert aux == vanilla
+
+
+def test_cli_refuses_a_non_empty_run_folder_and_unknown_presets(reference_run, corpus_dir, capsys):
+    from faceturn.commands import train as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--config", "aux", "--corpus", str(corpus_dir), "--out", str(reference_run)])
+    assert command.run(args) == 2
+    assert "not empty; pass --resume" in capsys.readouterr().err
+    args = parser.parse_args(["--config", "auxx", "--corpus", str(corpus_dir), "--out", str(reference_run)])
+    assert command.run(args) == 2
+    assert "unknown train config 'auxx'" in capsys.readouterr().err
+
+
+def test_tensorboard_is_optional_with_a_clear_message(corpus_dir, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="pip install tensorboard"):
+            train(_cfg("tensorboard=true"), corpus_dir, tmp_path / "tb")
+    else:
+        pytest.skip("tensorboard is installed")
+
+
+def test_ddp_two_gloo_processes_equal_one_process(corpus_dir, tmp_path):
+    """2 processes × grad_accum 1 and 1 process × grad_accum 2: same global batch, same parameters (≤ 1e-5)."""
+    script = tmp_path / "ddp_train.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            import torch
+            torch.set_num_threads(1)
+            from faceturn.train import load_train_config, train
+            train(load_train_config("aux", sys.argv[3:]), sys.argv[1], sys.argv[2])
+            """
+        )
+    )
+    steps = ["optim.max_steps=4", "checkpoint_every_steps=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.run(
+        [*cmd, str(corpus_dir), str(tmp_path / "ddp"), *BASE, *steps], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train(_cfg(*steps, "optim.grad_accum=2"), corpus_dir, tmp_path / "single")
+    records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["world_size"] == 2 and records[0]["global_batch_windows"] == 4
+    assert _max_diff(_params(tmp_path / "ddp"), _params(tmp_path / "single")) <= 1e-5
