@@ -175,3 +175,20 @@ def save_json(cfg: Any, path: str | Path) -> None:
     from faceturn.io import atomic_write_text
 
     atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+
+
+def config_names(config_dir: Path) -> list[str]:
+    """Names of the TOML configs shipped in a folder (file stems, sorted)."""
+    return sorted(p.stem for p in Path(config_dir).glob("*.toml"))
+
+
+def named_or_path(name_or_path: str | Path, config_dir: Path, kind: str) -> Path:
+    """The TOML file for a shipped config name (e.g. `tiny`) or a path given as is; an unknown name lists the valid
+    ones."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml" and len(path.parts) == 1:
+        names = config_names(config_dir)
+        if str(name_or_path) not in names:
+            raise ConfigError(f"unknown {kind} {str(name_or_path)!r}; named configs: {names}")
+        path = Path(config_dir) / f"{name_or_path}.toml"
+    return path

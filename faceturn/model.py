@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faceturn.config import ConfigError, load_toml
+from faceturn.config import config_names, load_toml, named_or_path
 from faceturn.schema import DEFAULT_ZERO_GROUPS, N_CODEBOOKS, N_FACE, group_indices
 
 N_STREAMS = 1 + 2 * N_CODEBOOKS  # text, self cb0..7, interlocutor cb0..7
@@ -103,16 +103,12 @@ class ModelConfig:
 
 def named_configs() -> list[str]:
     """Names of the model configs shipped in faceturn/configs/model/."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+    return config_names(CONFIG_DIR)
 
 
 def load_model_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> ModelConfig:
     """A named config (`tiny`, `small`, `base`, `moshi-7b`) or a TOML file, with `key=value` overrides."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml" and len(path.parts) == 1:
-        if str(name_or_path) not in named_configs():
-            raise ConfigError(f"unknown model config {str(name_or_path)!r}; named configs: {named_configs()}")
-        path = CONFIG_DIR / f"{name_or_path}.toml"
+    path = named_or_path(name_or_path, CONFIG_DIR, "model config")
     return load_toml(ModelConfig, path, overrides)
 
 

@@ -31,7 +31,7 @@ import torch
 
 from faceturn import checkpoint as ckpt_io
 from faceturn import dist
-from faceturn.config import ConfigError, load_toml, to_dict
+from faceturn.config import ConfigError, config_names, load_toml, named_or_path, to_dict
 from faceturn.data import (
     DataConfig,
     WindowDataset,
@@ -139,16 +139,12 @@ RESUMABLE_CHANGES = (
 
 
 def named_train_configs() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+    return config_names(CONFIG_DIR)
 
 
 def load_train_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """A preset (`vanilla`, `aux`) or a TOML file, with `--set key=value` overrides."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml" and len(path.parts) == 1:
-        if str(name_or_path) not in named_train_configs():
-            raise ConfigError(f"unknown train config {str(name_or_path)!r}; presets: {named_train_configs()}")
-        path = CONFIG_DIR / f"{name_or_path}.toml"
+    path = named_or_path(name_or_path, CONFIG_DIR, "train config")
     return load_toml(TrainConfig, path, overrides)
 
 
