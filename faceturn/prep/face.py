@@ -15,13 +15,19 @@ Mapping (reference/face.md §2):
 Why crop: MediaPipe's short-range face detector misses faces narrower than about 10 % of the frame, and Seamless
 videos are full-body portraits. The landmarker is therefore fed a square crop around the face: from the corpus'
 own whole-body keypoints when they are valid, else from a Haar face detector (OpenCV, shipped with MediaPipe's
-opencv-contrib dependency) re-run whenever the face is lost. The crop follows the face with hysteresis (it moves
-only when the face leaves its centre or changes size) so the landmarker's tracker and the head translation are not
-disturbed by a crop that jitters every frame.
+opencv-contrib dependency). The detector runs only when the landmarker misses (a big face needs no crop and costs
+no detector run), then every few misses while the face stays lost; when it moves the crop, the same frame is tried
+again. The crop follows the face with hysteresis (it moves only when the face leaves its centre or changes size) so
+the landmarker's tracker and the head translation are not disturbed by a crop that jitters every frame.
+
+One landmarker per video, although creating one costs ~20 ms: MediaPipe's smoothing depends on absolute timestamps,
+so a landmarker reused with offset timestamps gives (slightly) different faces, and a conversation's file would
+depend on which videos its process saw before.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -79,7 +85,7 @@ class FaceSettings:
     crop_margin: float = 0.5  # crop side = face size × (1 + 2·margin)
     recenter_fraction: float = 0.15  # move the crop once the face centre is off by this fraction of its side
     resize_fraction: float = 0.3  # ... or the face size changed by this fraction
-    redetect_after_frames: int = 6  # grid frames without a face before the detector runs again
+    redetect_after_frames: int = 6  # while the face is lost, the detector runs on every this many missed frames
     keypoint_min_confidence: float = 0.3
     min_face_keypoints: int = 20  # of the 68 whole-body face points, confident ones needed for a box
     gaze: Literal["blendshapes", "iris"] = "blendshapes"
@@ -195,34 +201,40 @@ class CropTracker:
         self.prior = prior_boxes
         self.crop: tuple[int, int, int, int] | None = None  # None = the full frame
         self.misses = 0  # consecutive grid frames without a face
-        self.seen = False  # a face was found at least once
         self.detector_runs = 0
         self.sources: Counter = Counter()  # grid frames per crop source: keypoints, tracked, full_frame
-        self._detector: Any = None
+        self._from_prior = False
 
     def crop_for(self, k: int, rgb: np.ndarray) -> tuple[int, int, int, int] | None:
-        if self.s.crop == "none":
-            self.sources["full_frame"] += 1
-            return None
-        h, w = rgb.shape[:2]
-        from_prior = self.prior is not None and bool(np.isfinite(self.prior[k]).all())
-        if from_prior:
-            self._follow(self.prior[k], w, h)
-        elif self.misses % self.s.redetect_after_frames == 0 and (self.misses > 0 or not self.seen):
-            box = self._detect(rgb)
-            if box is not None:
-                self._follow(box, w, h)
-            elif self.misses > 0:
-                self.crop = None
-        self.sources["full_frame" if self.crop is None else "keypoints" if from_prior else "tracked"] += 1
+        """The region for grid frame k: around the corpus' face box when it has one there, else the current crop."""
+        self._from_prior = self.s.crop != "none" and self.prior is not None and bool(np.isfinite(self.prior[k]).all())
+        if self._from_prior:
+            self._follow(self.prior[k], rgb.shape[1], rgb.shape[0])
         return self.crop
+
+    def redetect(self, rgb: np.ndarray) -> bool:
+        """After a miss: run the face detector if it is due (first miss, then every `redetect_after_frames`; never
+        where the corpus gave a box). True when that changed the crop, i.e. the frame is worth another try."""
+        if self.s.crop == "none" or self._from_prior or (self.misses - 1) % self.s.redetect_after_frames:
+            return False
+        before = self.crop
+        box = self._detect(rgb)
+        if box is None:
+            self.crop = None
+        else:
+            self._follow(box, rgb.shape[1], rgb.shape[0])
+        return self.crop != before
+
+    def count(self) -> None:
+        """Record where this frame's final crop came from."""
+        self.sources["full_frame" if self.crop is None else "keypoints" if self._from_prior else "tracked"] += 1
 
     def observe(self, face_box: np.ndarray | None, w: int, h: int) -> None:
         """Report the landmarker's face box (full-frame pixels), or None when it found no face."""
         if face_box is None:
             self.misses += 1
             return
-        self.misses, self.seen = 0, True
+        self.misses = 0
         if self.s.crop != "none" and self.prior is None:
             self._follow(face_box, w, h)
 
@@ -250,20 +262,27 @@ class CropTracker:
         import cv2
 
         self.detector_runs += 1
-        if self._detector is None:
-            self._detector = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-            if self._detector.empty():
-                raise RuntimeError("OpenCV's Haar face cascade is missing (opencv-python-headless 5.0 ships none)")
         h, w = rgb.shape[:2]
         scale = min(1.0, 640 / max(h, w))
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         if scale < 1.0:
             gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-        found = self._detector.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(20, 20))
+        found = _haar_face_cascade().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(20, 20))
         if len(found) == 0:
             return None
         x, y, bw, bh = max(found, key=lambda r: r[2] * r[3]) / scale
         return np.array([x, y, x + bw, y + bh])
+
+
+@functools.cache
+def _haar_face_cascade() -> Any:
+    """OpenCV's frontal-face cascade, parsed once per process (~15 ms of XML)."""
+    import cv2
+
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    if cascade.empty():
+        raise RuntimeError("OpenCV's Haar face cascade is missing (opencv-python-headless 5.0 ships none)")
+    return cascade
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -290,22 +309,36 @@ def landmarker(settings: FaceSettings, num_faces: int = 1) -> Iterator[Any]:
         yield lm
 
 
-def _detect(lm: Any, rgb: np.ndarray, k: int) -> Any:
+def _grid_ms(k: int) -> int:
+    return round(k * FRAME_S * 1000)
+
+
+def _detect(lm: Any, rgb: np.ndarray, t_ms: int) -> Any:
     import mediapipe as mp
 
-    image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-    return lm.detect_for_video(image, round(k * FRAME_S * 1000))
+    return lm.detect_for_video(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb)), t_ms)
 
 
-def _face_arrays(result: Any, i: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(blendshapes [52], matrix [4, 4], eye points [10, 2] px, face box [4] px) of face i of a landmarker result."""
+def _face_arrays(
+    result: Any, i: int, w: int, h: int, x0: int = 0, y0: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(blendshapes [52], matrix [4, 4], eye points [10, 2] px, face box [4] px) of face i of a landmarker result on
+    a w×h image placed at (x0, y0) of the full frame; points and box are in full-frame pixels."""
     scores = {c.category_name: c.score for c in result.face_blendshapes[i]}
     bs = from_mediapipe_blendshapes(scores)
     lms = result.face_landmarks[i]
-    xy = np.array([[p.x * w, p.y * h] for p in lms])
-    eyes = xy[list(_IRIS_POINTS)]  # the .task model always returns the 10 iris points (468–477)
-    box = np.concatenate([xy.min(0), xy.max(0)])
+    xs, ys = [p.x for p in lms], [p.y for p in lms]  # plain lists: min/max of 478 floats beat building an array
+    eyes = np.array([(xs[j] * w + x0, ys[j] * h + y0) for j in _IRIS_POINTS])  # the .task model has 478 points
+    box = np.array([min(xs) * w + x0, min(ys) * h + y0, max(xs) * w + x0, max(ys) * h + y0])
     return bs, np.asarray(result.facial_transformation_matrixes[i], dtype=np.float64), eyes, box
+
+
+def _face_in(lm: Any, rgb: np.ndarray, crop: tuple[int, int, int, int] | None, t_ms: int) -> tuple | None:
+    """The landmarker's face in `crop` of the frame (None = the whole frame), as `_face_arrays`; None if none."""
+    x0, y0, x1, y1 = crop if crop else (0, 0, rgb.shape[1], rgb.shape[0])
+    image = rgb[y0:y1, x0:x1] if crop else rgb
+    result = _detect(lm, image, t_ms)
+    return _face_arrays(result, 0, x1 - x0, y1 - y0, x0, y0) if result.face_blendshapes else None
 
 
 def _assemble(n_frames: int, found: dict[int, tuple], settings: FaceSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -339,16 +372,15 @@ def extract_face_track(
                 missing_video += 1
                 continue
             h, w = rgb.shape[:2]
-            crop = tracker.crop_for(k, rgb)
-            x0, y0 = (crop[0], crop[1]) if crop else (0, 0)
-            image = rgb[crop[1] : crop[3], crop[0] : crop[2]] if crop else rgb
-            result = _detect(lm, image, k)
-            if not result.face_blendshapes:
+            face = _face_in(lm, rgb, tracker.crop_for(k, rgb), _grid_ms(k))
+            if face is None:
                 tracker.observe(None, w, h)
-                continue
-            bs, matrix, eyes, box = _face_arrays(result, 0, image.shape[1], image.shape[0])
-            found[k] = (bs, matrix, eyes)
-            tracker.observe(box + np.array([x0, y0, x0, y0]), w, h)
+                if tracker.redetect(rgb):  # timestamps must increase: the retry is 1 ms later, still before k + 1
+                    face = _face_in(lm, rgb, tracker.crop, _grid_ms(k) + 1)
+            tracker.count()
+            if face is not None:
+                found[k] = face[:3]
+                tracker.observe(face[3], w, h)
     face, present = _assemble(n_frames, found, settings)
     info = {
         "crop_frames": dict(sorted(tracker.sources.items())),
@@ -369,7 +401,7 @@ def extract_two_faces(video: str | Path, n_frames: int, settings: FaceSettings) 
             if rgb is None:
                 continue
             h, w = rgb.shape[:2]
-            result = _detect(lm, rgb, k)
+            result = _detect(lm, rgb, _grid_ms(k))
             faces = [_face_arrays(result, i, w, h) for i in range(len(result.face_blendshapes))]
             centres = [(f[3][0] + f[3][2]) / 2 / w for f in faces]
             if len(faces) >= 2:

@@ -4,6 +4,8 @@ Bad files are reported as `BadInput` naming the file and the problem, found by p
 261-byte MP4 are both "files"; only opening them tells the truth). Video time comes from the frames' own
 timestamps, relative to the container's start, so 29.97 fps video and streams that start late land where they
 belong; frames are never assumed to be at index/fps unless the timestamps are unusable (reference/face.md §4).
+Frames are turned upright as a player shows them: phone videos store sideways frames plus a display matrix
+(rotation, maybe a mirror), and a sideways face is a different input to the face landmarker.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class VideoInfo:
     fps: float  # the stream's real average frame rate, e.g. 29.97
     n_frames: int  # declared by the container, else duration × fps
     duration_s: float
-    width: int
+    width: int  # the coded raster; `grid_video_frames` turns frames upright (see `display_transform`)
     height: int
     has_audio: bool
 
@@ -203,22 +205,54 @@ def frame_times(
         yield t_s, frame
 
 
+def display_transform(matrix: np.ndarray | None, path: str | Path = "") -> tuple[bool, bool, bool]:
+    """(transpose, flip rows, flip columns), applied in that order, that turn a decoded frame into what a player
+    shows, from FFmpeg's display matrix (int32 [9], 16.16 fixed point; None = identity).
+
+    FFmpeg maps a source pixel (column p, row q) to (a·p + c·q, b·p + d·q) with [a b; c d] the matrix's top-left
+    2×2 (rows point down, so 90 there is counter-clockwise as displayed). Only multiples of 90° (with or without a
+    mirror) are supported, as in every phone recording; another angle is BadInput.
+    """
+    if matrix is None:
+        return False, False, False
+    a, b, _, c, d = (float(v) for v in np.asarray(matrix, dtype=np.int64)[:5])
+    if abs(b) + abs(c) <= 1e-3 * (abs(a) + abs(d)):
+        return False, d < 0, a < 0
+    if abs(a) + abs(d) <= 1e-3 * (abs(b) + abs(c)):
+        return True, b < 0, c < 0
+    angle = math.degrees(math.atan2(b, a))
+    raise BadInput(f"{path}: display matrix rotates by {angle:.1f}°; only multiples of 90° are supported")
+
+
+def _frame_display_matrix(frame: Any) -> np.ndarray | None:
+    from av.sidedata.sidedata import Type
+
+    side = frame.side_data.get(Type.DISPLAYMATRIX)
+    return None if side is None else np.frombuffer(memoryview(side), dtype=np.int32)
+
+
 def grid_video_frames(
     path: str | Path, n_frames: int, tolerance_s: float = 0.06
 ) -> Iterator[tuple[int, np.ndarray | None]]:
-    """RGB uint8 [H, W, 3] frames nearest to each 12.5 Hz grid instant, None where no frame is within tolerance.
+    """Upright RGB uint8 [H, W, 3] frames nearest to each 12.5 Hz grid instant, None where no frame is within
+    tolerance.
 
-    Decoding stops once the grid is filled; only the chosen frames are converted to RGB. A stream that breaks
-    off mid-file (a truncated download) yields None for the rest, as if the video had ended there.
+    Decoding stops once the grid is filled; only the chosen frames are converted to RGB, by one reformatter per
+    video (a fresh swscale context per frame costs more than the conversion of a small frame). Frames with a
+    display matrix are rotated (and mirrored) as `display_transform` says. A stream that breaks off mid-file (a
+    truncated download) yields None for the rest, as if the video had ended there.
     """
     import av
+    from av.video.reformatter import VideoReformatter
 
     with _open_container(path) as container:
         if not container.streams.video:
             raise BadInput(f"{path}: no video stream")
         stream = container.streams.video[0]
+        stream.thread_count = 1  # parallelism is across videos (processes); decoder threads only add start-up/sync
         fps = float(stream.average_rate or stream.guessed_rate or 25)
         t0_s = (container.start_time or 0) / 1e6
+        to_rgb = VideoReformatter()
 
         def decoded() -> Iterator[Any]:
             try:
@@ -232,5 +266,13 @@ def grid_video_frames(
                 yield k, None
                 continue
             if frame is not last_frame:
-                last_frame, last_rgb = frame, frame.to_ndarray(format="rgb24")
+                rgb = to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
+                transpose, flip_rows, flip_cols = display_transform(_frame_display_matrix(frame), path)
+                if transpose:
+                    rgb = rgb.transpose(1, 0, 2)
+                if flip_rows:
+                    rgb = rgb[::-1]
+                if flip_cols:
+                    rgb = rgb[:, ::-1]
+                last_frame, last_rgb = frame, np.ascontiguousarray(rgb)
             yield k, last_rgb

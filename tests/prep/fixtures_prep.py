@@ -159,23 +159,39 @@ def write_wav(path: Path, wave: np.ndarray, rate_hz: int) -> Path:
 
 
 def write_mp4(
-    path: Path, frames: list[np.ndarray], fps: Fraction, audio: tuple[np.ndarray, int] | None = None, lossless=False
+    path: Path,
+    frames: list[np.ndarray],
+    fps: Fraction,
+    audio: tuple[np.ndarray, int] | None = None,
+    lossless=False,
+    display: tuple[int, bool] | None = None,
 ) -> Path:
-    """H.264 video (+ AAC audio) with PyAV; frames are RGB uint8 with even sides."""
+    """H.264 video (+ AAC audio) with PyAV; frames are RGB uint8 with even sides.
+
+    `display` = (degrees counter-clockwise, mirror) stores the frames the way a phone does: turned so that the
+    display matrix written into the MP4 (PyAV's `set_display_rotation`) brings them back to `frames` as shown."""
     import av
+
+    def stored(img: np.ndarray) -> np.ndarray:
+        if display is None:
+            return img
+        degrees, mirror = display
+        return np.ascontiguousarray(np.rot90(img[:, ::-1] if mirror else img, k=-degrees // 90))
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as c:
         v = c.add_stream("libx264", rate=fps)
-        v.height, v.width = frames[0].shape[:2]
+        v.height, v.width = stored(frames[0]).shape[:2]
         v.pix_fmt = "yuv444p" if lossless else "yuv420p"
         v.options = {"preset": "ultrafast", **({"qp": "0"} if lossless else {})}
+        if display is not None:
+            v.set_display_rotation(display[0], hflip=display[1])
         a = None
         if audio is not None:
             a = c.add_stream("aac", rate=audio[1])
             a.layout = "mono"
         for img in frames:
-            for pkt in v.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+            for pkt in v.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(stored(img)), format="rgb24")):
                 c.mux(pkt)
         for pkt in v.encode():
             c.mux(pkt)

@@ -42,8 +42,13 @@ ROT = [CHANNEL_INDEX[c] for c in ("head_pitch", "head_yaw", "head_roll")]
 GAZE = [CHANNEL_INDEX[c] for c in ("gaze_x", "gaze_y", "gaze_z")]
 
 
-def test_real_face_on_real_video(carphone, face_model):
-    track = extract_face_track(carphone, 50, FaceSettings(model=str(face_model)))
+@pytest.fixture(scope="module")
+def carphone_track(carphone, face_model):
+    return extract_face_track(carphone, 50, FaceSettings(model=str(face_model)))
+
+
+def test_real_face_on_real_video(carphone_track):
+    track = carphone_track
     assert track.face.shape == (50, 61) and track.present.shape == (50,)
     assert track.present.mean() >= 0.95
     on = track.present.astype(bool)
@@ -60,6 +65,21 @@ def test_real_face_on_real_video(carphone, face_model):
     assert (track.face[on, CHANNEL_INDEX["head_tz"]] < 0).all()  # the face is in front of MediaPipe's camera
 
 
+def test_phone_video_with_a_display_matrix_gives_the_upright_faces(tmp_path, carphone_track, face_model):
+    """Carphone stored sideways, with the display matrix a phone writes for a portrait recording (turn 90° clockwise
+    to show): the landmarker must see him upright. Sideways he is still found, but with the head rolled by ~90°."""
+    s = FaceSettings(model=str(face_model))
+    phone = write_mp4(
+        tmp_path / "phone.mp4", carphone_frames(), Fraction(30000, 1001), lossless=True, display=(-90, False)
+    )
+    upright, original = extract_face_track(phone, 50, s), carphone_track
+    assert upright.present.mean() == original.present.mean() >= 0.95
+    on = upright.present.astype(bool) & original.present.astype(bool)
+    jaw, roll = CHANNEL_INDEX["jawOpen"], CHANNEL_INDEX["head_roll"]
+    assert np.abs(upright.face[on, jaw] - original.face[on, jaw]).max() < 0.05  # re-encoding changes pixels slightly
+    assert np.degrees(np.abs(upright.face[on, roll] - original.face[on, roll]).max()) < 3.0
+
+
 def test_no_face_gives_face_present_zero_everywhere(tmp_path, face_model):
     video = write_mp4(tmp_path / "noise.mp4", noise_frames(60, (96, 160), 1), Fraction(30))
     track = extract_face_track(video, 40, FaceSettings(model=str(face_model)))
@@ -68,7 +88,7 @@ def test_no_face_gives_face_present_zero_everywhere(tmp_path, face_model):
     assert 0 < track.info["detector_runs"] <= 10  # the detector is retried, not run on every frame
 
 
-def test_small_face_in_a_portrait_frame_needs_the_keypoint_crop(tmp_path, carphone, face_model):
+def test_small_face_in_a_portrait_frame_needs_a_crop(tmp_path, carphone, face_model):
     frames = paste(carphone_frames()[:60], (360, 640), FACE_AT)
     video = write_mp4(tmp_path / "portrait.mp4", frames, Fraction(30))
     box = tuple(v + FACE_AT[i % 2] for i, v in enumerate(CARPHONE_FACE_BOX))
@@ -82,6 +102,9 @@ def test_small_face_in_a_portrait_frame_needs_the_keypoint_crop(tmp_path, carpho
     assert cropped.present.mean() >= 0.9
     assert whole.present.mean() < 0.5  # the face is ~9 % of the frame's height: too small without a crop
     assert cropped.info["crop_frames"]["keypoints"] >= 20
+    detected = extract_face_track(video, 25, s)  # no keypoints: the landmarker misses frame 0, the detector crops
+    assert detected.present.all() and detected.info["detector_runs"] == 1  # ... and frame 0 is tried again
+    assert detected.info["crop_frames"] == {"tracked": 25}
 
 
 def test_keypoint_boxes_follow_the_video_frame_rate():

@@ -18,6 +18,7 @@ from faceturn.prep import BadInput
 from faceturn.prep.media import (
     audio_frames,
     decode_audio_stream,
+    display_transform,
     frame_times,
     grid_video_frames,
     nearest_on_grid,
@@ -97,6 +98,39 @@ def test_grid_past_the_end_of_the_video_has_no_frames(tmp_path):
     frames = dict(grid_video_frames(path, 25))  # 2 s of grid
     assert all(frames[k] is not None for k in range(13))
     assert all(frames[k] is None for k in range(14, 25))
+
+
+@pytest.mark.parametrize("display", [(-90, False), (90, False), (180, False), (90, True), (0, True)])
+def test_display_matrix_turns_frames_upright(tmp_path, display):
+    """Phone videos store sideways (or mirrored) frames plus a display matrix; frames come out as a player shows."""
+    frames = noise_frames(6, (64, 48), 5)  # 64 wide, 48 high: a transposition changes the shape
+    path = write_mp4(tmp_path / "phone.mp4", frames, Fraction(25), lossless=True, display=display)
+    got = dict(grid_video_frames(path, 3))
+    for k in range(3):
+        assert got[k].shape == (48, 64, 3) and got[k].flags.c_contiguous
+        assert np.abs(got[k].astype(int) - frames[2 * k]).max() <= 3, (display, k)  # 4:4:4 lossless, RGB rounding
+
+
+def test_display_matrix_that_is_not_a_quarter_turn_is_bad_input(tmp_path):
+    import av
+
+    assert display_transform(None) == (False, False, False)
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    tilted = [round(v * 65536) for v in (c, -s, 0, s, c, 0)] + [0, 0, 1 << 30]  # FFmpeg's layout: 16.16 and 2.30
+    with pytest.raises(BadInput, match=r"rotates by -30\.0°"):
+        display_transform(np.array(tilted, np.int32), "x.mp4")
+    path = tmp_path / "tilted.mp4"
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 32, 32, "yuv420p"
+        v.set_display_matrix(tilted)
+        for pkt in [
+            *v.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")),
+            *v.encode(),
+        ]:
+            out.mux(pkt)
+    with pytest.raises(BadInput, match=r"tilted\.mp4: display matrix rotates by"):
+        list(grid_video_frames(path, 1))
 
 
 def test_header_only_wav_is_bad_input(tmp_path):
