@@ -14,15 +14,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default: 16)")
     parser.add_argument("--hidden", action="store_true", help="also store the temporal hidden states (for probes)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--posthoc-zero",
+        default="",
+        metavar="GROUPS",
+        help="comma-separated face groups zeroed at evaluation only (post-hoc zeroing; the file is marked "
+        "valid: false unless the checkpoint was trained with exactly that zero set)",
+    )
+    parser.add_argument(
+        "--posthoc-each",
+        default="",
+        metavar="GROUPS",
+        help="comma-separated face groups (or 'all'): also write OUT with suffix .posthoc-GROUP.npz for each one "
+        "zeroed post hoc (for the attribution study's labelled-invalid table)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from faceturn.eval.predict import predict
+    from faceturn.eval.predict import predict_zero_sets
+    from faceturn.schema import GROUP_NAMES, group_indices
 
-    pred = predict(
-        args.run, args.corpus, args.split, batch_size=args.batch_size, hidden=args.hidden, device=args.device
-    )
-    pred.save(args.out)
-    n_conv = len(pred.meta["conversations"])
-    print(f"predict: {pred.p_face.size} frames of {n_conv} conversations (both perspectives) → {args.out}")
+    def groups(text: str) -> list[str]:
+        names = list(GROUP_NAMES) if text.strip() == "all" else [g.strip() for g in text.split(",") if g.strip()]
+        group_indices(names)  # unknown names: an error listing the valid ones
+        return names
+
+    outs = [args.out] + [args.out.with_name(f"{args.out.stem}.posthoc-{g}.npz") for g in groups(args.posthoc_each)]
+    zero_sets = [groups(args.posthoc_zero)] + [[g] for g in groups(args.posthoc_each)]
+    preds = predict_zero_sets(
+        args.run, args.corpus, args.split, zero_sets, batch_size=args.batch_size, hidden=args.hidden,
+        device=args.device,
+    )  # fmt: skip
+    for out, zero, pred in zip(outs, zero_sets, preds, strict=True):
+        pred.save(out)
+        n_conv = len(pred.meta["conversations"])
+        note = "" if pred.meta["valid"] else f" (post hoc zeroed {zero}: marked invalid)"
+        print(f"predict: {pred.p_face.size} frames of {n_conv} conversations (both perspectives) → {out}{note}")
     return 0

@@ -148,8 +148,10 @@ def evaluate_predictions(
     pred: Predictions, *, val: Predictions | None = None, n_resamples: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
     """results.json content: frame metrics, event metrics, provenance."""
+    keys = ("corpus", "split", "checkpoint", "zero_groups", "eval_zero_groups", "valid", "yield_weight")
     return {
-        "predictions": {k: pred.meta[k] for k in ("corpus", "split", "checkpoint", "zero_groups", "yield_weight")},
+        "predictions": {k: pred.meta.get(k) for k in keys},
+        "valid": pred.meta.get("valid", True),  # False: groups zeroed post hoc, never seen zeroed in training
         "n_resamples": n_resamples,
         "seed": seed,
         "frames": frame_metrics(pred, n_resamples, seed),
@@ -176,6 +178,15 @@ def format_results(res: dict[str, Any]) -> str:
     """Markdown tables of results.json."""
     lines = [
         f"Predictions: {res['predictions']['split']} split of {res['predictions']['corpus']}",
+        *(
+            []
+            if res.get("valid", True)
+            else [
+                f"**INVALID: groups {res['predictions']['eval_zero_groups']} zeroed post hoc; the checkpoint was "
+                f"trained with {res['predictions']['zero_groups']} zeroed, so these numbers mix the groups' "
+                "information with a distribution shift.**"
+            ]
+        ),
         f"95% CIs from {res['n_resamples']} conversation-cluster bootstrap resamples (seed {res['seed']}).",
         "",
         "| frames | n | AUC face | AUC face zeroed | ΔAUC (face − zeroed) |",

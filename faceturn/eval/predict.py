@@ -11,6 +11,7 @@ corpus, split, checkpoint and configs, so `evaluate` can refuse a file that does
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,46 +104,88 @@ def predict(
     hidden: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    posthoc_zero_groups: Sequence[str] = (),
 ) -> Predictions:
-    """Run a trained model over every conversation of a split, both perspectives, face as given and zeroed."""
+    """Run a trained model over every conversation of a split, both perspectives, face as given and zeroed.
+
+    `posthoc_zero_groups` zeroes more face groups at evaluation only, inside the face encoder exactly as training's
+    `zero_groups` would (before the normalization). Such predictions carry `meta["valid"] = False` unless the
+    checkpoint was trained with exactly that zero set: the model never saw those inputs, so a drop in AUC mixes the
+    group's information with the distribution shift (with `layernorm`, zeroing large channels rescales all others).
+    """
+    return predict_zero_sets(
+        run, corpus, split, [posthoc_zero_groups], batch_size=batch_size, hidden=hidden, device=device,
+        progress=progress,
+    )[0]  # fmt: skip
+
+
+@torch.no_grad()
+def predict_zero_sets(
+    run: str | Path,
+    corpus: str | Path,
+    split: str,
+    zero_sets: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 16,
+    hidden: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[Predictions]:
+    """`predict` for several post-hoc zero sets in one pass over the data: one Predictions per set, sharing the
+    face-zeroed forward pass (with the whole face absent, which groups are zeroed makes no difference)."""
     from tqdm import tqdm
 
     from faceturn.checkpoint import load_model, resolve_checkpoint
     from faceturn.config import to_dict
     from faceturn.data import WindowDataset
+    from faceturn.schema import group_indices
 
     ckpt = resolve_checkpoint(run)
     model, train_cfg = load_model(ckpt, device=device)
+    trained_zero = sorted(model.cfg.zero_groups)
+    eval_zero = [sorted(set(trained_zero) | set(z)) for z in zero_sets]
+    keeps = []
+    for z in eval_zero:
+        keep = model.face_encoder.keep.clone()
+        keep[group_indices(z)] = 0.0
+        keeps.append(keep)
     window = train_cfg.data.window_frames
     ds = WindowDataset(corpus, split, window, event_config=train_cfg.labels)
     jobs = []  # (conversation index, self speaker, start, first kept frame)
     for ci in range(len(ds)):
         for s in (0, 1):
             jobs += [(ci, s, start, keep) for start, keep in window_starts(int(ds.n_frames[ci]), window)]
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in (*_ARRAYS, "hidden_face", "hidden_zeroed")}
+    shared: dict[str, list[np.ndarray]] = {k: [] for k in (*_ARRAYS, "hidden_zeroed")}
+    per_set: list[dict[str, list[np.ndarray]]] = [{"p_face": [], "hidden_face": []} for _ in zero_sets]
     for i in tqdm(range(0, len(jobs), batch_size), desc=f"predict {split}", disable=not progress, unit="batch"):
         chunk = jobs[i : i + batch_size]
         batch = ds.batch([(ci, s, start, False) for ci, s, start, _ in chunk]).to(device)
-        out = model(batch.text, batch.self_codes, batch.other_codes, batch.face, batch.face_present, audio=False)
+        outs = []
+        for keep in keeps:
+            model.face_encoder.keep.copy_(keep)
+            outs.append(model(batch.text, batch.self_codes, batch.other_codes, batch.face, batch.face_present,
+                              audio=False))  # fmt: skip
         z = batch.without_face()
         out_z = model(z.text, z.self_codes, z.other_codes, z.face, z.face_present, audio=False)
-        p_face = torch.sigmoid(out.yield_logits.float()).cpu().numpy()
         p_zero = torch.sigmoid(out_z.yield_logits.float()).cpu().numpy()
+        p_faces = [torch.sigmoid(o.yield_logits.float()).cpu().numpy() for o in outs]
         for j, (ci, s, start, keep) in enumerate(chunk):
             n = int(batch.valid[j].sum())
             sel = slice(keep - start, n)
             frames = np.arange(keep, start + n, dtype=np.int32)
-            cols["p_face"].append(p_face[j, sel])
-            cols["p_zeroed"].append(p_zero[j, sel])
-            cols["y"].append(batch.y[j, sel].cpu().numpy().astype(np.uint8))
-            cols["m"].append(batch.m[j, sel].cpu().numpy().astype(bool))
-            cols["holder"].append(batch.holder[j, sel].cpu().numpy().astype(np.int8))
-            cols["conversation"].append(np.full(frames.size, ci, np.int32))
-            cols["perspective"].append(np.full(frames.size, s, np.int8))
-            cols["frame"].append(frames)
+            shared["p_zeroed"].append(p_zero[j, sel])
+            shared["y"].append(batch.y[j, sel].cpu().numpy().astype(np.uint8))
+            shared["m"].append(batch.m[j, sel].cpu().numpy().astype(bool))
+            shared["holder"].append(batch.holder[j, sel].cpu().numpy().astype(np.int8))
+            shared["conversation"].append(np.full(frames.size, ci, np.int32))
+            shared["perspective"].append(np.full(frames.size, s, np.int8))
+            shared["frame"].append(frames)
+            for k, out in enumerate(outs):
+                per_set[k]["p_face"].append(p_faces[k][j, sel])
+                if hidden:
+                    per_set[k]["hidden_face"].append(out.hidden[j, sel].float().cpu().numpy().astype(np.float16))
             if hidden:
-                cols["hidden_face"].append(out.hidden[j, sel].float().cpu().numpy().astype(np.float16))
-                cols["hidden_zeroed"].append(out_z.hidden[j, sel].float().cpu().numpy().astype(np.float16))
+                shared["hidden_zeroed"].append(out_z.hidden[j, sel].float().cpu().numpy().astype(np.float16))
     meta = {
         "format": FORMAT,
         "corpus": str(Path(corpus).resolve()),
@@ -150,10 +193,17 @@ def predict(
         "checkpoint": str(ckpt.resolve()),
         "conversations": list(ds.ids),
         "window_frames": window,
-        "zero_groups": list(model.cfg.zero_groups),
+        "zero_groups": trained_zero,  # as trained
         "face_dropout": train_cfg.data.face_dropout,
         "yield_weight": train_cfg.loss.yield_weight,
         "train_config": to_dict(train_cfg),
     }
-    arrays = {k: np.concatenate(v) for k, v in cols.items() if v}
-    return Predictions(meta=meta, **{k: arrays.get(k) for k in (*_ARRAYS, "hidden_face", "hidden_zeroed")})
+    arrays = {k: np.concatenate(v) for k, v in shared.items() if v}
+    results = []
+    for z, cols in zip(eval_zero, per_set, strict=True):
+        own = {k: np.concatenate(v) for k, v in cols.items() if v}
+        # eval_zero_groups: as evaluated (trained plus post hoc); valid: the model was trained with exactly that set
+        m = {**meta, "eval_zero_groups": z, "valid": z == trained_zero}
+        fields = {k: own.get(k, arrays.get(k)) for k in (*_ARRAYS, "hidden_face", "hidden_zeroed")}
+        results.append(Predictions(meta=m, **fields))
+    return results
