@@ -17,7 +17,8 @@ so that kyutai's weights load unchanged, plus a face encoder and two heads.
   from the next delayed column (teacher forcing). `linears[k]` act directly on its output (no final norm).
 - Face encoder (new, `face_encoder.*`): zero `zero_groups`, normalize (`layernorm` across the 61 channels, or
   `standardize` with fixed corpus statistics), MLP to D; frames without a face get a learned `missing` vector
-  instead. The face of frame k−1 enters at position k like a delay-0 stream (position 0 sees `missing`).
+  instead (always, when every group is zeroed: the audio-only model does not even see whether a face was found).
+  The face of frame k−1 enters at position k like a delay-0 stream (position 0 sees `missing`).
 - Heads on the out_norm'ed temporal output: text (`text_linear`), audio (depformer), face next-frame regression
   (`face_head`, in standardized units) and turn yield (`yield_head`, MLP → 1 logit).
 
@@ -31,8 +32,9 @@ Alignment. T input frames, T + 1 temporal positions; every output is indexed by 
 - yield_logits[k], hidden[k]: position k + 1, everything consumed by the end of frame k (text, semantic and face of
   frame k, acoustic of frame k − 1).
 The face and the interlocutor reach every output only through frames ≤ k; tests/test_model.py proves all of this
-with exact gradients. Attention takes a position offset and builds its mask from positions, so a streaming KV cache
-(a ring of `context` frames) can be added without touching the math.
+with exact gradients. Attention takes a position offset and builds its mask from positions, so streaming is the same
+math one position at a time: `Model.step` / `Model.depformer_step` with a `KVCache` per layer (a ring of `context`
+positions per row, absolute positions counting on past it). faceturn.stream keeps the delay buffers and samples.
 """
 
 from __future__ import annotations
@@ -128,15 +130,20 @@ class RMSNorm(nn.Module):
         return (x32 * (self.alpha.to(dtype) * torch.rsqrt(var))).to(x.dtype)
 
 
-def apply_rope(q: Tensor, k: Tensor, offset: int, max_period: float) -> tuple[Tensor, Tensor]:
+def apply_rope(q: Tensor, k: Tensor, offset: int | Tensor, max_period: float) -> tuple[Tensor, Tensor]:
     """Rotate each pair (x[2i], x[2i+1]) of q, k [B, H, T, d] by angle (offset + t) · max_period^(−2i/d).
 
-    Angles are computed in fp32 exactly as kyutai's `apply_rope`, the rotation in at least fp32.
+    `offset` is one int, or per-row positions [B] (streaming rows that started at different times). Angles are
+    computed in fp32 exactly as kyutai's `apply_rope`, the rotation in at least fp32.
     """
     T, d = q.shape[-2], q.shape[-1]
     freqs = torch.exp(torch.arange(d // 2, device=q.device, dtype=torch.float32) * (-math.log(max_period) * 2 / d))
-    ts = offset + torch.arange(T, device=q.device, dtype=torch.float32)
-    angles = freqs * ts.view(-1, 1)  # [T, d/2]
+    ts = torch.arange(T, device=q.device, dtype=torch.float32)
+    if isinstance(offset, Tensor):
+        ts = offset.to(q.device, torch.float32).view(-1, 1, 1) + ts  # [B, 1, T]
+    else:
+        ts = offset + ts
+    angles = freqs * ts.unsqueeze(-1)  # [T, d/2] or [B, 1, T, d/2]
     dtype = torch.promote_types(q.dtype, torch.float32)
     cos, sin = torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
 
@@ -147,13 +154,40 @@ def apply_rope(q: Tensor, k: Tensor, offset: int, max_period: float) -> tuple[Te
     return rotate(q), rotate(k)
 
 
-def per_step(modules: nn.ModuleList, x: Tensor, offset: int) -> Tensor:
-    """Apply modules[offset + t] to position t of x [B, T, C] (kyutai's weights per step); one module applies to all."""
+def per_step(modules: nn.ModuleList, x: Tensor, offset: int | Tensor) -> Tensor:
+    """Apply modules[offset + t] to position t of x [B, T, C] (kyutai's weights per step); one module applies to all
+    (then `offset` may be per-row positions, which only RoPE reads)."""
     if len(modules) == 1:
         return modules[0](x)
     if offset + x.shape[1] > len(modules):
         raise ValueError(f"{x.shape[1]} steps from offset {offset} exceed the {len(modules)} per-step weights")
+    if x.shape[1] == 1:  # one streaming step
+        return modules[offset](x)
     return torch.cat([modules[offset + t](x[:, t : t + 1]) for t in range(x.shape[1])], dim=1)
+
+
+class KVCache:
+    """Keys and values of one attention layer for streaming: `capacity` slots per batch row, each with the absolute
+    position it holds (−1 = empty). Position p lives in slot p mod capacity, so with capacity = context the ring holds
+    exactly the keys the newest query may see, memory stays bounded, and positions count on past the limit."""
+
+    def __init__(self, batch: int, num_heads: int, head_dim: int, capacity: int, device=None, dtype=None):
+        self.capacity = capacity
+        self.keys = torch.zeros(batch, num_heads, capacity, head_dim, device=device, dtype=dtype)
+        self.values = torch.zeros_like(self.keys)
+        self.positions = torch.full((batch, capacity), -1, dtype=torch.long, device=device)
+        self._rows = torch.arange(batch, device=device)
+
+    def append(self, k: Tensor, v: Tensor, positions: Tensor) -> None:
+        """Store k, v [B, H, 1, d] of each row's new position (positions [B])."""
+        slots = positions % self.capacity
+        self.keys[self._rows, :, slots] = k[:, :, 0]
+        self.values[self._rows, :, slots] = v[:, :, 0]
+        self.positions[self._rows, slots] = positions
+
+    def clear(self, rows: Tensor) -> None:
+        """Forget everything rows [R] (indices) hold; the stale keys stay but are never visible."""
+        self.positions[rows] = -1
 
 
 class Attention(nn.Module):
@@ -169,12 +203,24 @@ class Attention(nn.Module):
         self.in_projs = nn.ModuleList(nn.Linear(dim, 3 * dim, bias=False) for _ in range(num_steps))
         self.out_projs = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(num_steps))
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+    def forward(self, x: Tensor, offset: int | Tensor = 0, cache: KVCache | None = None) -> Tensor:
+        """x [B, T, D] at positions offset + t. With a `cache` (streaming), T = 1 and `offset` is an int or per-row
+        positions [B]: the new key joins the cache and the query attends to the cached keys the mask allows."""
         B, T, D = x.shape
         q, k, v = per_step(self.in_projs, x, offset).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
         if self.rope_max_period is not None:
             q, k = apply_rope(q, k, offset, self.rope_max_period)
-        if self.context is None or T <= self.context:  # plain causal: lets SDPA pick its fused kernels
+        if cache is not None:
+            if T != 1:
+                raise ValueError(f"a KV cache takes one position per call, got {T}")
+            positions = torch.as_tensor(offset, device=x.device).expand(B)
+            cache.append(k, v, positions)
+            delta = positions[:, None] - cache.positions  # [B, slots] query position − key position
+            visible = (cache.positions >= 0) & (delta >= 0)
+            if self.context is not None:
+                visible = visible & (delta < self.context)
+            y = F.scaled_dot_product_attention(q, cache.keys, cache.values, attn_mask=visible[:, None, None])
+        elif self.context is None or T <= self.context:  # plain causal: lets SDPA pick its fused kernels
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             positions = offset + torch.arange(T, device=x.device)
@@ -211,8 +257,8 @@ class Layer(nn.Module):
             else nn.ModuleList(Gating(dim, dim_feedforward) for _ in range(num_steps))
         )
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        x = x + self.self_attn(self.norm1(x), offset)
+    def forward(self, x: Tensor, offset: int | Tensor = 0, cache: KVCache | None = None) -> Tensor:
+        x = x + self.self_attn(self.norm1(x), offset, cache)
         h = self.norm2(x)
         return x + (per_step(self.gating, h, offset) if isinstance(self.gating, nn.ModuleList) else self.gating(h))
 
@@ -224,9 +270,9 @@ class Transformer(nn.Module):
             Layer(dim, num_heads, dim_feedforward, num_steps, rope_max_period, context) for _ in range(num_layers)
         )
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        for layer in self.layers:
-            x = layer(x, offset)
+    def forward(self, x: Tensor, offset: int | Tensor = 0, caches: list[KVCache] | None = None) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x, offset, None if caches is None else caches[i])
         return x
 
 
@@ -265,7 +311,7 @@ class FaceEncoder(nn.Module):
 
     def forward(self, face: Tensor, present: Tensor) -> Tensor:
         """face [B, P, 61], present [B, P] in {0, 1} (float, so it is differentiable for tests) → [B, P, D]."""
-        p = present.unsqueeze(-1)
+        p = present.unsqueeze(-1) * self.keep.any()  # every group zeroed = audio-only: not even face presence
         enc = self.proj(self.normalize(torch.where(p > 0, face, 0.0)))  # absent frames may hold anything
         return p * enc + (1 - p) * self.missing
 
@@ -427,15 +473,10 @@ class Model(nn.Module):
         initial = [cfg.text_card] + [cfg.card] * (2 * K)
         grid = delay_streams(codes, cfg.delays, initial)  # [B, 17, T+1], position p reads column p
 
-        x = self.emb[0](grid[:, 1])
-        for i in range(1, 2 * K):
-            x = x + self.emb[i](grid[:, 1 + i])
-        x = x + self.text_emb(grid[:, 0])
+        face_in = torch.cat([face.new_zeros(B, 1, N_FACE), face], dim=1)  # face[k-1] at position k
+        present_in = torch.cat([face_present.new_zeros(B, 1), face_present], dim=1)
+        h = self.out_norm(self.transformer(self._frame_input(grid, face_in, present_in)))  # [B, T+1, D]
         dtype = self.face_head.weight.dtype
-        face_in = torch.cat([face.new_zeros(B, 1, N_FACE), face], dim=1).to(dtype)  # face[k-1] at position k
-        present_in = torch.cat([face_present.new_zeros(B, 1), face_present], dim=1).to(dtype)
-        x = x + self.face_encoder(face_in, present_in).to(x.dtype)
-        h = self.out_norm(self.transformer(x))  # [B, T+1, D]
 
         h_pred = h[:, :T]  # position k predicts the next delayed column, k+1
         h_text, text_valid = _undelay(h_pred, cfg.delays[0])
@@ -464,6 +505,31 @@ class Model(nn.Module):
             frame_mask=frame_mask,
             text_head=self.text_linear,
         )
+
+    def _frame_input(self, grid: Tensor, face_in: Tensor, present_in: Tensor) -> Tensor:
+        """Delayed columns grid [B, 17, P] and the face entering at those positions ([B, P, 61], [B, P]) → the
+        temporal input [B, P, D]: Σ 16 audio-codebook embeddings + text embedding + face encoding."""
+        x = self.emb[0](grid[:, 1])
+        for i in range(1, 2 * N_CODEBOOKS):
+            x = x + self.emb[i](grid[:, 1 + i])
+        x = x + self.text_emb(grid[:, 0])
+        dtype = self.face_head.weight.dtype
+        return x + self.face_encoder(face_in.to(dtype), present_in.to(dtype)).to(x.dtype)
+
+    def step(self, column: Tensor, face: Tensor, face_present: Tensor, positions: Tensor, caches: list[KVCache]):
+        """One streaming position per row: the delayed column [B, 17] (kyutai order), the face entering there
+        [B, 61] with its flag [B], positions [B] → the out_norm'ed temporal output [B, D] (forward's h at those
+        positions; its `hidden` when position = frame + 1). faceturn.stream builds the columns; no input checks here."""
+        x = self._frame_input(column[:, :, None], face[:, None], face_present[:, None])
+        return self.out_norm(self.transformer(x, positions, caches))[:, 0]
+
+    def depformer_step(self, h: Tensor, token: Tensor, k: int, caches: list[KVCache]) -> Tensor:
+        """Depth step k of one streaming position: temporal output h [B, D] and the step's input token [B] (text for
+        k = 0, the self's codebook k − 1 otherwise, both of the column being generated) → logits [B, card] of
+        codebook k. Call k = 0..7 in order with caches of capacity 8, cleared for every position."""
+        token_in = self.depformer_text_emb(token) if k == 0 else self.depformer_emb[k - 1](token)
+        y = self.depformer((token_in + self.depformer_in[k](h))[:, None], k, caches)
+        return self.linears[k](y[:, 0])
 
     def _depformer(self, h: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher-forced depth transformer: h [B, T, D] at positions 0..T-1, tokens [B, 9, T] the next delayed
@@ -543,7 +609,8 @@ def compute_loss(
     out: ModelOutput, cfg: LossConfig, yield_target: Tensor | None = None, yield_mask: Tensor | None = None
 ) -> dict[str, Tensor]:
     """Total and per-term losses. yield_target y [B, T] float and yield_mask m [B, T] bool (scored frames) are the
-    turn labels; padding frames are masked in every term. Returns loss, text, audio, semantic, acoustic, face, yield."""
+    turn labels; padding frames are masked in every term. Returns loss, text, audio, semantic, acoustic, face, yield
+    (semantic and acoustic only when the forward pass computed audio logits)."""
     text_w = out.text_mask * torch.where(
         (out.text_target == cfg.text_pad_id) | (out.text_target == cfg.text_epad_id), cfg.text_padding_weight, 1.0
     )
@@ -554,12 +621,22 @@ def compute_loss(
     else:  # no text in the batch: skip the head, but keep it in the graph (an empty product) so DDP sees it used
         text = out.text_head(out.text_hidden[:, :0]).sum()
 
-    audio_ce = F.cross_entropy(
-        out.audio_logits.flatten(0, 2), out.audio_target.clamp(min=0).flatten(), reduction="none"
-    ).view_as(out.audio_mask)
-    cb_w = torch.ones(N_CODEBOOKS, device=audio_ce.device)
-    cb_w[0] = cfg.semantic_weight
-    audio = _weighted_mean(audio_ce, out.audio_mask * cb_w[:, None])
+    audio_terms: dict[str, Tensor] = {}
+    if out.audio_logits is None:  # forward(audio=False): the depformer was skipped, legal only without its loss
+        if cfg.audio_weight > 0:
+            raise ValueError(f"audio_weight is {cfg.audio_weight} but the forward pass skipped the audio logits")
+        audio = out.yield_logits.new_zeros(())
+    else:
+        audio_ce = F.cross_entropy(
+            out.audio_logits.flatten(0, 2), out.audio_target.clamp(min=0).flatten(), reduction="none"
+        ).view_as(out.audio_mask)
+        cb_w = torch.ones(N_CODEBOOKS, device=audio_ce.device)
+        cb_w[0] = cfg.semantic_weight
+        audio = _weighted_mean(audio_ce, out.audio_mask * cb_w[:, None])
+        audio_terms = {
+            "semantic": _weighted_mean(audio_ce[:, 0], out.audio_mask[:, 0]).detach(),
+            "acoustic": _weighted_mean(audio_ce[:, 1:], out.audio_mask[:, 1:]).detach(),
+        }
 
     face_w = out.face_mask.unsqueeze(-1) * out.face_channel_mask
     face = _weighted_mean((out.face_pred - out.face_target) ** 2, face_w)
@@ -579,8 +656,7 @@ def compute_loss(
         "loss": total,
         "text": text,
         "audio": audio,
-        "semantic": _weighted_mean(audio_ce[:, 0], out.audio_mask[:, 0]).detach(),
-        "acoustic": _weighted_mean(audio_ce[:, 1:], out.audio_mask[:, 1:]).detach(),
+        **audio_terms,
         "face": face,
         "yield": yield_loss,
     }
