@@ -252,6 +252,13 @@ def load_model(run_or_checkpoint: str | Path, device: str | torch.device = "cpu"
     except ConfigError as e:
         raise CheckpointError(f"{ckpt}: {CONFIG_FILE}: {e}") from None
     model = from_config(model_cfg, device=device)
-    load_weights(ckpt, model)
+    if train_cfg.lora.rank:  # a LoRA run stores base weights and adapters: evaluation gets them merged
+        from faceturn.lora import apply_lora, merge_lora
+
+        apply_lora(model, train_cfg.lora)
+        load_weights(ckpt, model)
+        merge_lora(model)
+    else:
+        load_weights(ckpt, model)
     model.eval()
     return model, train_cfg

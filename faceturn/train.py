@@ -18,6 +18,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import time
@@ -31,7 +32,7 @@ import torch
 
 from faceturn import checkpoint as ckpt_io
 from faceturn import dist
-from faceturn.config import ConfigError, config_names, load_toml, named_or_path, to_dict
+from faceturn.config import ConfigError, apply_overrides, config_names, from_dict, load_toml, named_or_path, to_dict
 from faceturn.data import (
     DataConfig,
     WindowDataset,
@@ -42,6 +43,7 @@ from faceturn.data import (
 )
 from faceturn.io import append_jsonl, atomic_write_json
 from faceturn.labels import EventConfig
+from faceturn.lora import LoraConfig
 from faceturn.model import LossConfig, ModelConfig, compute_loss, from_config, load_model_config
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "train"
@@ -106,6 +108,9 @@ class TrainConfig:
     progress: bool = True  # tqdm bar on rank 0
     max_minutes: float = 0.0  # wall-clock budget of the loop over all sessions (then stop and checkpoint); 0 = none
     stop_at_step: int = 0  # stop this session at this step (with a checkpoint); 0 = run to optim.max_steps
+    init_from: str = ""  # a run or checkpoint folder (e.g. `faceturn import-moshi`'s) whose weights start this run
+    lora: LoraConfig = field(default_factory=LoraConfig)  # rank > 0: fine-tune adapters (faceturn.lora)
+    activation_checkpointing: bool = False  # recompute each layer in the backward pass: memory for time
 
     def __post_init__(self) -> None:
         for name in ("eval_every_steps", "checkpoint_every_steps", "stop_at_step"):
@@ -135,6 +140,7 @@ RESUMABLE_CHANGES = (
     "train.stop_at_step",
     "train.optim.grad_accum",  # the loader state checks that the global batch is unchanged
     "train.data.val_max_windows",
+    "train.activation_checkpointing",
 )
 
 
@@ -143,7 +149,20 @@ def named_train_configs() -> list[str]:
 
 
 def load_train_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """A preset (`vanilla`, `aux`) or a TOML file, with `--set key=value` overrides."""
+    """A preset (`vanilla`, `aux`), a TOML file, or a JSON file as `faceturn.config.save_json` writes it (the
+    attribution plan's per-run configs), with `--set key=value` overrides."""
+    if Path(name_or_path).suffix == ".json":
+        path = Path(name_or_path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        try:
+            return apply_overrides(from_dict(TrainConfig, data), overrides)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     path = named_or_path(name_or_path, CONFIG_DIR, "train config")
     return load_toml(TrainConfig, path, overrides)
 
@@ -251,6 +270,8 @@ def evaluate(
     the face zeroed (same windows, same frames)."""
     from faceturn.eval.stats import roc_auc
 
+    audio = loss_cfg.audio_weight > 0  # the depformer only runs when its loss counts
+
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -259,7 +280,7 @@ def evaluate(
     for batch in validation_batches(dataset, windows, batch_size):
         batch = batch.to(device)
         with autocast():
-            out = model(batch.text, batch.self_codes, batch.other_codes, batch.face, batch.face_present)
+            out = model(batch.text, batch.self_codes, batch.other_codes, batch.face, batch.face_present, audio=audio)
             parts = compute_loss(out, loss_cfg, batch.y, batch.m)
         b = batch.text.shape[0]
         for k, v in parts.items():
@@ -271,7 +292,7 @@ def evaluate(
         if face_zeroed:
             z = batch.without_face()
             with autocast():
-                out_z = model(z.text, z.self_codes, z.other_codes, z.face, z.face_present)
+                out_z = model(z.text, z.self_codes, z.other_codes, z.face, z.face_present, audio=False)
             logits_zeroed.append(out_z.yield_logits.float()[scored].cpu())
     model.train(was_training)
     result: dict[str, float | None] = {f"val_{k}": v / max(n_windows, 1) for k, v in sums.items()}
@@ -288,6 +309,26 @@ def evaluate(
     if face_zeroed:
         result["val_yield_auc_face_zeroed"] = auc(logits_zeroed)
     return result
+
+
+def _check_init(init_from: str, model_dict: dict[str, Any]) -> Path:
+    """The checkpoint whose weights start this run (`init_from`); its model config must be this run's, field for
+    field. Checked before the model is built, so a wrong 7B-sized config fails at once instead of filling memory."""
+    ckpt = ckpt_io.resolve_checkpoint(init_from)
+    diffs = ckpt_io.config_differences(ckpt_io.read_json(ckpt, ckpt_io.CONFIG_FILE).get("model", {}), model_dict)
+    if diffs:
+        raise ckpt_io.CheckpointError(f"{ckpt}: init_from has another model config: " + "; ".join(diffs))
+    return ckpt
+
+
+def _checkpoint_layers(model: torch.nn.Module) -> None:
+    """Activation checkpointing: every temporal and depformer layer keeps only its input and is recomputed in the
+    backward pass (torch's non-reentrant wrapper; state-dict names are unchanged)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for stack in (model.transformer.layers, model.depformer.layers):
+        for i in range(len(stack)):
+            stack[i] = checkpoint_wrapper(stack[i])
 
 
 @dataclass
@@ -346,8 +387,19 @@ def _train(cfg: TrainConfig, corpus_dir: Path, run_dir: Path, resume: bool, info
         val_ds = WindowDataset(corpus_dir, cfg.data.val_split, window_frames, cfg.labels)
         val_windows = validation_windows(val_ds, cfg.data.val_max_windows)
 
+    if cfg.lora.rank and not (cfg.init_from or start_ckpt):
+        raise ConfigError("lora.rank > 0 fine-tunes a trained backbone: set init_from (a faceturn import-moshi run)")
+    init_ckpt = _check_init(cfg.init_from, resolved["model"]) if start_ckpt is None and cfg.init_from else None
     torch.manual_seed(cfg.seed)
     model = from_config(model_cfg, device=device)
+    if init_ckpt is not None:
+        ckpt_io.load_weights(init_ckpt, model)
+    if cfg.lora.rank:
+        from faceturn.lora import apply_lora
+
+        apply_lora(model, cfg.lora, frozen_dtype=torch.bfloat16 if use_bf16 else None)
+    if cfg.activation_checkpointing:
+        _checkpoint_layers(model)
     optimizer = build_optimizer(model, cfg.optim, device)
     loop: dict[str, Any] = {"elapsed_s": 0.0, "frames_seen": 0}
     step = 0
@@ -368,11 +420,14 @@ def _train(cfg: TrainConfig, corpus_dir: Path, run_dir: Path, resume: bool, info
             atomic_write_json(run_dir / ckpt_io.CONFIG_FILE, resolved)
     dist.barrier(info)
 
+    audio = cfg.loss.audio_weight > 0  # audio_weight = 0 skips the depformer (87 % of a tiny CPU step)
     train_model: torch.nn.Module = model
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=not audio
+        )
     if cfg.compile and device.type == "cuda":
         train_model = torch.compile(train_model)
 
@@ -447,7 +502,9 @@ def _train(cfg: TrainConfig, corpus_dir: Path, run_dir: Path, resume: bool, info
             sync = train_model.no_sync() if info.distributed and not last else nullcontext()
             with sync:
                 with autocast():
-                    out = train_model(batch.text, batch.self_codes, batch.other_codes, batch.face, batch.face_present)
+                    out = train_model(
+                        batch.text, batch.self_codes, batch.other_codes, batch.face, batch.face_present, audio=audio
+                    )
                     parts = compute_loss(out, cfg.loss, batch.y, batch.m)
                 (parts["loss"] / len(batches)).backward()
             for k, v in parts.items():
@@ -498,6 +555,10 @@ def _train(cfg: TrainConfig, corpus_dir: Path, run_dir: Path, resume: bool, info
     validate(step)
     if last_saved != step:
         result.checkpoint = save(step)
+    if cfg.lora.rank and info.is_main:  # adapters alone, and merged into a plain model (in place: the run is over)
+        from faceturn.lora import export
+
+        export(model, cfg.lora, run_dir / "lora", {"step": step, "config": resolved})
     log(metrics_path, {"event": "end", "step": step, "reason": result.stop_reason})
     writer.close()
     return result
