@@ -25,6 +25,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("faceturn.commands.analyze", "step 2: does the model use the face? (ΔNLL, KL, probes, readout gain)"),
     "predict": ("faceturn.commands.predict", "per-frame P(yield) with the face and with it zeroed"),
     "evaluate": ("faceturn.commands.evaluate", "step 3: face vs zeroed AUC with paired CIs, VAP event metrics"),
+    "plot": ("faceturn.commands.plot", "figures from prediction files: the demo timeline, ROC curves"),
+    "render": ("faceturn.commands.render", "an MP4 of a conversation's timeline with a moving playhead and its sound"),
+    "view": ("faceturn.commands.view", "a self-contained HTML viewer: sound or video in sync with the timeline"),
+    "attribute": ("faceturn.commands.attribute", "which face groups matter: leave-one-group-out by retraining"),
+    "import-moshi": ("faceturn.commands.import_moshi", "import kyutai's Moshi 7B weights into a run folder"),
+    "stream": ("faceturn.commands.stream", "replay a conversation frame by frame: live P(yield) and hand-over alerts"),
 }
 
 
