@@ -1,0 +1,389 @@
+"""Which face groups does the turn-yield model use? Leave-one-group-out by retraining, across corpora.
+
+The valid method retrains the model once per face group with that group zeroed at train *and* evaluation (stored
+in the checkpoint), with the same data, budget and seeds as the full model, and compares per-frame AUC on identical
+test frames: ΔAUC(g) = AUC(full) − AUC(without g), paired over frames, with a conversation-cluster bootstrap CI.
+An audio-only model (every group zeroed) bounds the whole face's contribution.
+
+Post-hoc zeroing (zero a group at evaluation only, on the full model) is also computed, because it is what many
+studies do, and always reported apart, labelled invalid: through an encoder that normalizes across all 61 channels
+(`layernorm`), zeroing three large per-clip-constant channels (head translation, tens of cm) rescales every other
+channel, so AUC drops although the group carries no information. The plan therefore also trains full models with
+each encoder of `posthoc_norms`, and retrains the groups of `retrain_check_groups` with them, so the report shows
+the artifact next to the retrained truth.
+
+`plan` writes `plan.json` and `plan.txt` (one shell command per run, runnable from the study folder by a cluster job
+array as well as by `run`); `run` executes it locally N at a time, skipping finished runs and resuming interrupted
+ones from their last checkpoint; `collect` writes `results.json` and `results.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faceturn.schema import GROUP_NAMES
+
+PLAN_FORMAT = "faceturn-attribution-plan/1"
+PRED_NAME = "pred-{split}.npz"  # inside each run folder; post-hoc files add `.posthoc-GROUP`
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Which variants to train per corpus (every variant shares the study's aux recipe, data and seeds)."""
+
+    groups: tuple[str, ...] = GROUP_NAMES  # one retrained model per group left out
+    seeds: tuple[int, ...] = (0,)  # k seeds per variant: mean ΔAUC, seed SD, CI over conversations and seeds
+    audio_only: bool = True  # also a model with every group zeroed (no face at all)
+    posthoc_norms: tuple[str, ...] = ("layernorm", "standardize")  # full models whose post-hoc zeroing is reported
+    retrain_check_groups: tuple[str, ...] = ("head_trans",)  # also retrained with each post-hoc-only encoder
+    jobs: int = 2  # runs at a time for `attribute run` (each gets cores / jobs threads)
+
+    def __post_init__(self) -> None:
+        from faceturn.schema import group_indices
+
+        if not self.groups:
+            raise ValueError("attribution.groups is empty; name at least one face group")
+        group_indices(self.groups)
+        group_indices(self.retrain_check_groups)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"attribution.seeds must be distinct and non-empty, got {list(self.seeds)}")
+        bad = [n for n in self.posthoc_norms if n not in ("layernorm", "standardize")]
+        if bad:
+            raise ValueError(f"attribution.posthoc_norms: unknown encoders {bad}; valid: layernorm, standardize")
+        if self.jobs < 1:
+            raise ValueError(f"attribution.jobs must be >= 1, got {self.jobs}")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One training run of the plan and the prediction files it must leave behind."""
+
+    id: str  # "<corpus>/<variant>-s<seed>", also its folder under runs/
+    corpus: str
+    corpus_path: str
+    variant: str  # full | no-<group> | audio-only | full-<norm> | no-<group>-<norm>
+    seed: int
+    face_norm: str
+    zero_groups: tuple[str, ...]
+    posthoc_groups: tuple[str, ...]  # groups zeroed post hoc on this (full) model, one prediction file each
+    command: str
+    outputs: tuple[str, ...] = field(default_factory=tuple)  # relative to the study folder
+
+
+def _variants(cfg: AttributionConfig, main_norm: str) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    """(variant, face_norm, zero_groups, post-hoc groups) for one corpus and seed."""
+    out = [("full", main_norm, (), tuple(cfg.groups) if main_norm in cfg.posthoc_norms else ())]
+    out += [(f"no-{g}", main_norm, (g,), ()) for g in cfg.groups]
+    if cfg.audio_only:
+        out.append(("audio-only", main_norm, GROUP_NAMES, ()))
+    for norm in cfg.posthoc_norms:
+        if norm != main_norm:
+            out.append((f"full-{norm}", norm, (), tuple(cfg.groups)))
+            out += [(f"no-{g}-{norm}", norm, (g,), ()) for g in cfg.retrain_check_groups]
+    return out
+
+
+def plan_runs(study: Any, out_dir: Path, corpora: dict[str, Path]) -> list[PlannedRun]:
+    """Write one train config per run under `configs/`, and `plan.json` + `plan.txt` into `out_dir`.
+
+    `study` is a `faceturn.study.StudyConfig`; `corpora` maps each corpus name to its folder. Re-planning with the
+    same study gives the same files; a different study in a folder that has one is refused (its runs would mix).
+    """
+    from faceturn.config import save_json, to_dict
+    from faceturn.io import atomic_write_json, atomic_write_text
+    from faceturn.train import load_train_config, resolve_model_config
+
+    cfg: AttributionConfig = study.attribution
+    base = load_train_config(study.aux.config, study.aux.overrides)
+    main_norm = resolve_model_config(base).face_norm
+    keep_model = [o for o in base.model.overrides if o.split("=", 1)[0].strip() not in ("zero_groups", "face_norm")]
+    out_dir = Path(out_dir)
+    plan_path = out_dir / "plan.json"
+    fingerprint = {"aux": to_dict(study.aux), "attribution": to_dict(cfg), "split": study.split,
+                   "corpora": {k: str(Path(v).resolve()) for k, v in corpora.items()}}  # fmt: skip
+    if plan_path.exists():
+        old = json.loads(plan_path.read_text())
+        if old.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"{plan_path}: this folder holds a plan for a different study configuration; use a new --out folder"
+            )
+    runs: list[PlannedRun] = []
+    for name, path in corpora.items():
+        corpus_path = str(Path(path).resolve())
+        for seed in cfg.seeds:
+            for variant, norm, zero, posthoc in _variants(cfg, main_norm):
+                run_id = f"{name}/{variant}-s{seed}"
+                model_over = (*keep_model, f"zero_groups={json.dumps(list(zero))}", f'face_norm="{norm}"')
+                train_cfg = replace(base, seed=seed, data=replace(base.data, seed=seed),
+                                    model=replace(base.model, overrides=model_over), progress=False)  # fmt: skip
+                resolve_model_config(train_cfg)  # fail now, not in the middle of the study
+                cfg_rel = f"configs/{run_id}.json"
+                save_json(train_cfg, out_dir / cfg_rel)
+                run_rel = f"runs/{run_id}"
+                pred_rel = f"{run_rel}/{PRED_NAME.format(split=study.split)}"
+                q = shlex.quote
+                cmd = (
+                    f"faceturn train --config {q(cfg_rel)} --corpus {q(corpus_path)} --out {q(run_rel)} --resume"
+                    f" && faceturn predict --run {q(run_rel)} --corpus {q(corpus_path)} --split {q(study.split)}"
+                    f" --out {q(pred_rel)}" + (f" --posthoc-each {','.join(posthoc)}" if posthoc else "")
+                )
+                outputs = (pred_rel, *(posthoc_path(pred_rel, g) for g in posthoc))
+                if variant == "full":  # the study's step-3 model: validation predictions pick event thresholds
+                    val_rel = f"{run_rel}/{PRED_NAME.format(split='val')}"
+                    cmd += (f" && faceturn predict --run {q(run_rel)} --corpus {q(corpus_path)} --split val"
+                            f" --out {q(val_rel)}")  # fmt: skip
+                    outputs += (val_rel,)
+                runs.append(PlannedRun(run_id, name, corpus_path, variant, seed, norm, zero, posthoc, cmd, outputs))
+    atomic_write_json(
+        plan_path,
+        {"format": PLAN_FORMAT, "fingerprint": fingerprint, "main_norm": main_norm, "split": study.split,
+         "study": to_dict(study), "runs": [to_dict(r) for r in runs]},
+    )  # fmt: skip
+    header = [
+        "# faceturn attribution plan: one run per line; run each from this folder (e.g. a job array:",
+        '#   cd STUDY && sed -n "$((SLURM_ARRAY_TASK_ID + 4))p" plan.txt | bash). `faceturn attribute run` runs',
+        "#   them here. Every command resumes a partial run and is a no-op once its outputs exist.",
+    ]
+    atomic_write_text(out_dir / "plan.txt", "\n".join([*header, *(r.command for r in runs)]) + "\n")
+    return runs
+
+
+def posthoc_path(pred_rel: str, group: str) -> str:
+    p = Path(pred_rel)
+    return str(p.with_name(f"{p.stem}.posthoc-{group}.npz"))
+
+
+def load_plan(study_dir: Path) -> tuple[dict[str, Any], list[PlannedRun]]:
+    from faceturn.config import from_dict
+
+    path = Path(study_dir) / "plan.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: no attribution plan here; run `faceturn attribute plan` first")
+    data = json.loads(path.read_text())
+    if data.get("format") != PLAN_FORMAT:
+        raise ValueError(f"{path}: format {data.get('format')!r}, expected {PLAN_FORMAT!r}")
+    return data, [from_dict(PlannedRun, r) for r in data["runs"]]
+
+
+def is_done(study_dir: Path, run: PlannedRun) -> bool:
+    """A run is finished when all its prediction files exist (each is written atomically after training)."""
+    return all((Path(study_dir) / o).is_file() for o in run.outputs)
+
+
+def plan_jobs(study_dir: Path) -> list[Any]:
+    """The plan's runs as `faceturn.jobs.Job`s (run from the study folder, logs under logs/)."""
+    from faceturn.jobs import Job
+
+    _, runs = load_plan(study_dir)
+    return [Job(r.id, r.command, Path(study_dir), tuple(Path(o) for o in r.outputs)) for r in runs]
+
+
+def run_plan(study_dir: Path, jobs: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Execute every unfinished run of the plan, `jobs` at a time; logs go to logs/<run>.log. Interrupting is safe:
+    finished runs are skipped next time and interrupted ones resume from their newest complete checkpoint."""
+    from faceturn.jobs import run_jobs
+
+    data, _ = load_plan(study_dir)
+    n = jobs or data["study"]["attribution"]["jobs"]
+    return run_jobs(plan_jobs(study_dir), n, Path(study_dir) / "logs", progress=progress, desc="attribution runs")
+
+
+# --------------------------------------------------------------------------------------------------------- collect
+def _scored(pred: Any, reference: Any, what: str) -> None:
+    """Refuse to pair two prediction files that are not over identical frames."""
+    for k in ("conversation", "perspective", "frame", "y", "m"):
+        a, b = getattr(pred, k), getattr(reference, k)
+        if a.shape != b.shape or not np.array_equal(a, b):
+            raise ValueError(f"{what}: predictions are not over the same frames as the full model ({k} differs)")
+    if pred.meta["conversations"] != reference.meta["conversations"]:
+        raise ValueError(f"{what}: predictions cover different conversations than the full model")
+
+
+def _delta(reference: list[Any], other: list[Any], n_resamples: int, seed: int) -> dict[str, Any]:
+    """ΔAUC(reference − other) on scored frames, seeds paired (seed i with seed i), CI over conversations."""
+    from faceturn.eval.stats import paired_delta_over_seeds
+
+    m = reference[0].m
+    return paired_delta_over_seeds(
+        reference[0].y[m],
+        [p.p_face[m] for p in reference],
+        [p.p_face[m] for p in other],
+        reference[0].conversation[m],
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
+def _excludes_zero(block: dict[str, Any]) -> bool:
+    lo, hi = block["delta_ci"]
+    return lo > 0 or hi < 0
+
+
+def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = None) -> dict[str, Any]:
+    """Per corpus: ΔAUC per group (retrained), audio-only, post-hoc (invalid) per encoder; cross-corpus reading."""
+    from faceturn.eval.predict import Predictions
+
+    study_dir = Path(study_dir)
+    data, runs = load_plan(study_dir)
+    study = data["study"]
+    n_resamples = n_resamples or study["n_resamples"]
+    seed = study["seed"] if seed is None else seed
+    missing = [r.id for r in runs if not is_done(study_dir, r)]
+    if missing:
+        raise ValueError(f"{study_dir}: {len(missing)} runs are not finished ({missing[:4]}...); `attribute run` first")
+    att = study["attribution"]
+    main_norm, split = data["main_norm"], data["split"]
+    seeds = att["seeds"]
+
+    def preds(corpus: str, variant: str, posthoc: str | None = None) -> list[Any]:
+        out = []
+        for s in seeds:
+            rel = f"runs/{corpus}/{variant}-s{s}/{PRED_NAME.format(split=split)}"
+            out.append(Predictions.load(study_dir / (posthoc_path(rel, posthoc) if posthoc else rel)))
+        return out
+
+    corpora = list(dict.fromkeys(r.corpus for r in runs))
+    per_corpus: dict[str, Any] = {}
+    for corpus in corpora:
+        full = preds(corpus, "full")
+        for p in full[1:]:
+            _scored(p, full[0], f"{corpus} full (seeds)")
+        block: dict[str, Any] = {"groups": {}}
+        for g in att["groups"]:
+            other = preds(corpus, f"no-{g}")
+            for p in other:
+                _scored(p, full[0], f"{corpus} no-{g}")
+                if sorted(p.meta["zero_groups"]) != [g] or not p.meta["valid"]:
+                    raise ValueError(f"{corpus} no-{g}: checkpoint zero_groups {p.meta['zero_groups']}, expected [{g}]")
+            block["groups"][g] = {**_delta(full, other, n_resamples, seed), "method": "retrain", "valid": True}
+        first = block["groups"][att["groups"][0]]
+        block["full_auc"] = {"auc": first["reference_auc"], "ci": first["reference_ci"], "n_frames": first["n_frames"]}
+        if att["audio_only"]:
+            other = preds(corpus, "audio-only")
+            for p in other:
+                _scored(p, full[0], f"{corpus} audio-only")
+            block["audio_only"] = {**_delta(full, other, n_resamples, seed), "method": "retrain", "valid": True}
+        block["posthoc"] = {}
+        for norm in att["posthoc_norms"]:
+            ref_variant = "full" if norm == main_norm else f"full-{norm}"
+            ref = preds(corpus, ref_variant)
+            rows: dict[str, Any] = {}
+            for g in att["groups"]:
+                other = preds(corpus, ref_variant, posthoc=g)
+                for p in other:
+                    _scored(p, ref[0], f"{corpus} {ref_variant} post hoc {g}")
+                rows[g] = {**_delta(ref, other, n_resamples, seed), "method": "posthoc",
+                           "valid": all(p.meta["valid"] for p in other)}  # fmt: skip
+            retrained = {}
+            for g in att["groups"] if norm == main_norm else att["retrain_check_groups"]:
+                variant = f"no-{g}" if norm == main_norm else f"no-{g}-{norm}"
+                retrained[g] = _delta(ref, preds(corpus, variant), n_resamples, seed)
+            block["posthoc"][norm] = {"reference": ref_variant, "groups": rows, "retrained": retrained}
+        per_corpus[corpus] = block
+    summary = _cross_corpus(per_corpus, att["groups"])
+    results = {
+        "format": "faceturn-attribution-results/1",
+        "split": split,
+        "main_norm": main_norm,
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "seeds": seeds,
+        "corpora": per_corpus,
+        "summary": summary,
+        "study": study,
+    }
+    from faceturn.io import atomic_write_json, atomic_write_text
+
+    atomic_write_json(study_dir / "results.json", results)
+    atomic_write_text(study_dir / "results.md", format_attribution(results) + "\n")
+    return results
+
+
+def _cross_corpus(per_corpus: dict[str, Any], groups: Sequence[str]) -> dict[str, Any]:
+    """Rank groups per corpus; robust = CI excludes zero on every corpus; corpus-dependent = on some, not all."""
+    ranks = {
+        c: [g for g, _ in sorted(b["groups"].items(), key=lambda kv: -kv[1]["delta"])] for c, b in per_corpus.items()
+    }
+    reading = {}
+    for g in groups:
+        sig = {c: _excludes_zero(b["groups"][g]) and b["groups"][g]["delta"] > 0 for c, b in per_corpus.items()}
+        if all(sig.values()):
+            reading[g] = "robust"
+        elif any(sig.values()):
+            where = ", ".join(c for c, v in sig.items() if v)
+            reading[g] = f"corpus-dependent (used on {where} only)"
+        else:
+            reading[g] = "no detectable effect"
+    return {"ranking": ranks, "reading": reading}
+
+
+def _ci(block: dict[str, Any]) -> str:
+    lo, hi = block["delta_ci"]
+    sd = f", seed SD {block['seed_sd']:.3f}" if block.get("seed_sd") is not None else ""
+    return f"{block['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]{sd}"
+
+
+def format_attribution(res: dict[str, Any]) -> str:
+    """Markdown: the group × corpus table with a reading column, then the labelled-invalid post-hoc tables."""
+    corpora = list(res["corpora"])
+    groups = list(res["summary"]["reading"])
+    lines = [
+        f"Leave-one-group-out by retraining ({res['main_norm']} face encoder): ΔAUC = AUC(full) − AUC(group "
+        f"zeroed at train and eval), paired over identical {res['split']} frames; 95% CIs from {res['n_resamples']} "
+        f"conversation-cluster bootstrap resamples (seed {res['seed']}); seeds {res['seeds']}.",
+        "",
+        "| group | " + " | ".join(corpora) + " | reading |",
+        "|---|" + "---|" * len(corpora) + "---|",
+    ]
+    for g in groups:
+        cells = [_ci(res["corpora"][c]["groups"][g]) for c in corpora]
+        lines.append(f"| {g} | " + " | ".join(cells) + f" | {res['summary']['reading'][g]} |")
+    if all("audio_only" in res["corpora"][c] for c in corpora):
+        cells = [_ci(res["corpora"][c]["audio_only"]) for c in corpora]
+        lines.append("| whole face (audio-only model) | " + " | ".join(cells) + " | |")
+    cells = [f"{res['corpora'][c]['full_auc']['auc']:.3f}" for c in corpora]
+    lines.append("| *AUC of the full model* | " + " | ".join(cells) + " | |")
+    lines += ["", "Ranking per corpus: " + "; ".join(f"{c}: {' > '.join(r)}" for c, r in
+                                                     res["summary"]["ranking"].items())]  # fmt: skip
+    lines += ["", _verdict_sentences(res)]
+    for norm in next(iter(res["corpora"].values()))["posthoc"]:
+        lines += [
+            "",
+            f"### INVALID — post-hoc zeroing, {norm} encoder (for comparison only)",
+            "",
+            "These models were trained with the group present and evaluated with it zeroed (`valid: false`): the "
+            "drop mixes what the group tells the model with the shock of an input never seen in training. With a "
+            "`layernorm` encoder, zeroing a few large channels rescales all the others, so a group that carries no "
+            "information can show a large drop. Read the retrained column instead.",
+            "",
+            "| group | " + " | ".join(f"{c} post hoc | {c} retrained" for c in corpora) + " |",
+            "|---|" + "---|---|" * len(corpora),
+        ]
+        for g in groups:
+            cells = []
+            for c in corpora:
+                b = res["corpora"][c]["posthoc"][norm]
+                cells.append(_ci(b["groups"][g]) + ("" if b["groups"][g]["valid"] else " (invalid)"))
+                cells.append(_ci(b["retrained"][g]) if g in b["retrained"] else "—")
+            lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _verdict_sentences(res: dict[str, Any]) -> str:
+    reading = res["summary"]["reading"]
+    robust = [g for g, r in reading.items() if r == "robust"]
+    dependent = [g for g, r in reading.items() if r.startswith("corpus-dependent")]
+    none = [g for g, r in reading.items() if r == "no detectable effect"]
+    top = "; ".join(f"on {c} the largest ΔAUC is {r[0]}" for c, r in res["summary"]["ranking"].items())
+    return (
+        f"Reading: {top}. Robust across corpora (CI above zero on every corpus): {', '.join(robust) or 'none'}. "
+        f"Corpus-dependent: {', '.join(dependent) or 'none'}. No detectable effect on any corpus: "
+        f"{', '.join(none) or 'none'}."
+    )
