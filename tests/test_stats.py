@@ -22,6 +22,7 @@ from faceturn.eval.stats import (
     delong_test,
     frame_bootstrap,
     paired_cluster_bootstrap,
+    paired_delta_over_seeds,
     roc_auc,
     shuffled_labels,
 )
@@ -185,6 +186,36 @@ def test_cluster_ci_wider_than_frame_ci_on_clustered_data():
 
 
 # ----------------------------------------------------------------------------------------------------- controls
+
+
+def test_one_seed_is_the_paired_cluster_bootstrap():
+    y, face, zeroed, clusters = _clustered(5)
+    one = paired_delta_over_seeds(y, [face], [zeroed], clusters, n_resamples=300, seed=2)
+    ref = paired_cluster_bootstrap(y, {"a": face, "b": zeroed}, clusters, n_resamples=300, seed=2)
+    assert one["delta"] == ref.delta and one["delta_ci"] == list(ref.delta_ci) and one["seed_sd"] is None
+    assert one["reference_ci"] == list(ref.ci["a"]) and one["other_auc"] == ref.auc["b"]
+    # k identical seeds: nothing varies between them, so the seed draw changes nothing
+    same = paired_delta_over_seeds(y, [face] * 3, [zeroed] * 3, clusters, n_resamples=300, seed=2)
+    assert same["delta_ci"] == pytest.approx(one["delta_ci"], abs=1e-12) and same["seed_sd"] == 0.0
+
+
+def test_seed_draws_widen_the_ci_by_training_noise():
+    """Three 'training seeds' whose models differ by a seed-specific shift of the scores: the ΔAUC CI over seeds and
+    conversations spans the seed-to-seed spread, which a CI over conversations alone misses."""
+    rng = np.random.default_rng(0)
+    n, n_conv = 6000, 60
+    clusters = np.repeat(np.arange(n_conv), n // n_conv)
+    y = (rng.random(n) < 0.3).astype(int)
+    signal = y + rng.normal(0, 1.5, n)
+    noisy = [signal + rng.normal(0, 0.6 + 0.6 * i, n) for i in range(3)]  # seed 0 best, seed 2 worst
+    res = paired_delta_over_seeds(y, [signal] * 3, noisy, clusters, n_resamples=400, seed=1)
+    per_seed = [paired_cluster_bootstrap(y, {"a": signal, "b": x}, clusters, n_resamples=400, seed=1) for x in noisy]
+    assert res["seed_deltas"] == pytest.approx([r.delta for r in per_seed], abs=1e-12)
+    assert res["delta"] == pytest.approx(np.mean(res["seed_deltas"])) and res["seed_sd"] > 0
+    lo, hi = res["delta_ci"]
+    assert lo < min(res["seed_deltas"]) + 0.25 * res["seed_sd"] and hi > max(res["seed_deltas"]) - 0.25 * res["seed_sd"]
+    widths = [r.delta_ci[1] - r.delta_ci[0] for r in per_seed]
+    assert hi - lo > 1.5 * max(widths)
 
 
 def test_shuffled_labels_keep_overall_count():

@@ -337,7 +337,14 @@ def format_attribution(res: dict[str, Any]) -> str:
     lines = [
         f"Leave-one-group-out by retraining ({res['main_norm']} face encoder): ΔAUC = AUC(full) − AUC(group "
         f"zeroed at train and eval), paired over identical {res['split']} frames; 95% CIs from {res['n_resamples']} "
-        f"conversation-cluster bootstrap resamples (seed {res['seed']}); seeds {res['seeds']}.",
+        f"conversation-cluster bootstrap resamples (seed {res['seed']}); training seeds {res['seeds']}. "
+        + (
+            "The CIs also resample the training seeds, so they cover training noise."
+            if len(res["seeds"]) > 1
+            else "With one training seed the CIs cover the test conversations only, not training noise (two seeds "
+            "of the same model typically differ by a few thousandths of AUC): read |ΔAUC| of that size with care, or "
+            "plan k > 1 seeds."
+        ),
         "",
         "| group | " + " | ".join(corpora) + " | reading |",
         "|---|" + "---|" * len(corpora) + "---|",

@@ -539,10 +539,12 @@ def paired_delta_over_seeds(
     seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, Any]:
-    """ΔAUC = mean over seeds of AUC(reference[i]) − AUC(other[i]) on the same frames, with a percentile CI from
-    conversation resamples that draw the same conversations for every seed and both conditions (so the CI covers
-    conversation sampling; `seed_sd` reports the spread across training seeds). With one seed this is exactly
-    `paired_cluster_bootstrap`'s ΔAUC and CI."""
+    """ΔAUC = mean over training seeds of AUC(reference[i]) − AUC(other[i]) on the same frames (seed i of both sides
+    shares initialisation and data order), with a percentile CI from a two-level bootstrap: each resample draws
+    conversations with replacement (the same draw for every model) and, with k > 1 seeds, draws k seed pairs with
+    replacement, so the CI covers both what the test conversations and what training randomness could change. With
+    one seed it is exactly `paired_cluster_bootstrap`'s ΔAUC and CI (training noise then unmeasured: `seed_sd` None).
+    """
     if len(reference) != len(other) or not reference:
         raise ValueError(f"need one score array per seed on both sides, got {len(reference)} and {len(other)}")
     pos = _as_labels(y)
@@ -557,8 +559,15 @@ def paired_delta_over_seeds(
     aucs, valid = _resampled_aucs(pos, conditions, units, n_units, np.ones(pos.size), int(n_resamples), int(seed))
     if not valid.any():
         raise ValueError(f"all {n_resamples} resamples lack positives or negatives; positives are too rare")
+    aucs = aucs[:, valid]
+    if k > 1:  # seed pairs drawn with replacement, per resample (a stream apart from the conversation draws)
+        pick = np.random.default_rng([int(seed), 1]).integers(0, k, size=(k, aucs.shape[1]))
+        cols = np.arange(aucs.shape[1])
+        ref_r = aucs[pick, cols].mean(axis=0)
+        oth_r = aucs[k + pick, cols].mean(axis=0)
+    else:
+        ref_r, oth_r = aucs[0], aucs[1]
     q = [(1 - level) / 2, 1 - (1 - level) / 2]
-    ref_r, oth_r = aucs[:k, valid].mean(axis=0), aucs[k:, valid].mean(axis=0)
     seed_deltas = point[:k] - point[k:]
     return {
         "delta": float(seed_deltas.mean()),
