@@ -124,3 +124,30 @@ def test_analyze_reports_every_figure_with_a_ci(trained):
     assert res["prediction_change"]["kl_semantic"]["value"] >= 0
     assert set(res["hidden_probe"]["auc"]) == {"face", "zeroed"}
     assert res["readout_gain_ratio"]["audio"]["value"] > 0 and "text" not in res["readout_gain_ratio"]
+
+
+def test_no_zeroed_predictions_serve_attribution_but_not_evaluate(tmp_path, trained, predictions, capsys):
+    """`predict --no-zeroed` skips the face-zeroed pass: P(yield) with the face is the same, the file round-trips
+    without p_zeroed, and everything that needs the zeroed condition refuses it by name."""
+    from faceturn.viz.figures import load_timeline
+
+    corpus, run, split = trained
+    out = tmp_path / "face-only.npz"
+    assert main(["predict", "--run", str(run), "--corpus", str(corpus), "--split", split, "--out", str(out),
+                 "--no-zeroed", "--batch-size", "8"]) == 0  # fmt: skip
+    pred = Predictions.load(out)
+    assert pred.p_zeroed is None and pred.meta["zeroed"] is False
+    np.testing.assert_allclose(pred.p_face, predictions.p_face, rtol=0, atol=1e-6)
+    assert np.array_equal(pred.y, predictions.y) and np.array_equal(pred.frame, predictions.frame)
+    assert main(["evaluate", "--pred", str(out)]) == 2
+    assert "written with --no-zeroed" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="the timeline needs P\\(yield\\) with the face zeroed"):
+        load_timeline(pred, pred.meta["conversations"][0])
+    with np.load(out) as z:  # a header that claims p_zeroed while the array is missing is refused
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(bytes(arrays.pop("meta")).decode())
+    meta["zeroed"] = True
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "lying.npz", **arrays)
+    with pytest.raises(ValueError, match="disagree on whether p_zeroed was written"):
+        Predictions.load(tmp_path / "lying.npz")

@@ -15,6 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", action="store_true", help="also store the temporal hidden states (for probes)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument(
+        "--no-zeroed",
+        action="store_true",
+        help="skip P(yield) with the face zeroed (half the time; the file then serves attribution, not `evaluate`)",
+    )
+    parser.add_argument(
         "--posthoc-zero",
         default="",
         metavar="GROUPS",
@@ -43,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     zero_sets = [groups(args.posthoc_zero)] + [[g] for g in groups(args.posthoc_each)]
     preds = predict_zero_sets(
         args.run, args.corpus, args.split, zero_sets, batch_size=args.batch_size, hidden=args.hidden,
-        device=args.device,
+        device=args.device, zeroed=not args.no_zeroed,
     )  # fmt: skip
     for out, zero, pred in zip(outs, zero_sets, preds, strict=True):
         pred.save(out)

@@ -43,6 +43,7 @@ class AttributionConfig:
     audio_only: bool = True  # also a model with every group zeroed (no face at all)
     posthoc_norms: tuple[str, ...] = ("layernorm", "standardize")  # full models whose post-hoc zeroing is reported
     retrain_check_groups: tuple[str, ...] = ("head_trans",)  # also retrained with each post-hoc-only encoder
+    posthoc_seeds: int = 1  # the post-hoc (invalid) comparison uses the first N seeds: the artifact needs no more
     jobs: int = 2  # runs at a time for `attribute run` (each gets cores / jobs threads)
 
     def __post_init__(self) -> None:
@@ -59,6 +60,8 @@ class AttributionConfig:
             raise ValueError(f"attribution.posthoc_norms: unknown encoders {bad}; valid: layernorm, standardize")
         if self.jobs < 1:
             raise ValueError(f"attribution.jobs must be >= 1, got {self.jobs}")
+        if not 1 <= self.posthoc_seeds <= len(self.seeds):
+            raise ValueError(f"attribution.posthoc_seeds must be in 1..{len(self.seeds)}, got {self.posthoc_seeds}")
 
 
 @dataclass(frozen=True)
@@ -77,13 +80,16 @@ class PlannedRun:
     outputs: tuple[str, ...] = field(default_factory=tuple)  # relative to the study folder
 
 
-def _variants(cfg: AttributionConfig, main_norm: str) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
-    """(variant, face_norm, zero_groups, post-hoc groups) for one corpus and seed."""
-    out = [("full", main_norm, (), tuple(cfg.groups) if main_norm in cfg.posthoc_norms else ())]
+def _variants(
+    cfg: AttributionConfig, main_norm: str, seed_index: int
+) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    """(variant, face_norm, zero_groups, post-hoc groups) for one corpus and its `seed_index`-th seed."""
+    posthoc = seed_index < cfg.posthoc_seeds
+    out = [("full", main_norm, (), tuple(cfg.groups) if posthoc and main_norm in cfg.posthoc_norms else ())]
     out += [(f"no-{g}", main_norm, (g,), ()) for g in cfg.groups]
     if cfg.audio_only:
         out.append(("audio-only", main_norm, GROUP_NAMES, ()))
-    for norm in cfg.posthoc_norms:
+    for norm in cfg.posthoc_norms if posthoc else ():
         if norm != main_norm:
             out.append((f"full-{norm}", norm, (), tuple(cfg.groups)))
             out += [(f"no-{g}-{norm}", norm, (g,), ()) for g in cfg.retrain_check_groups]
@@ -117,8 +123,8 @@ def plan_runs(study: Any, out_dir: Path, corpora: dict[str, Path]) -> list[Plann
     runs: list[PlannedRun] = []
     for name, path in corpora.items():
         corpus_path = str(Path(path).resolve())
-        for seed in cfg.seeds:
-            for variant, norm, zero, posthoc in _variants(cfg, main_norm):
+        for seed_index, seed in enumerate(cfg.seeds):
+            for variant, norm, zero, posthoc in _variants(cfg, main_norm, seed_index):
                 run_id = f"{name}/{variant}-s{seed}"
                 model_over = (*keep_model, f"zero_groups={json.dumps(list(zero))}", f'face_norm="{norm}"')
                 train_cfg = replace(base, seed=seed, data=replace(base.data, seed=seed),
@@ -129,13 +135,18 @@ def plan_runs(study: Any, out_dir: Path, corpora: dict[str, Path]) -> list[Plann
                 run_rel = f"runs/{run_id}"
                 pred_rel = f"{run_rel}/{PRED_NAME.format(split=study.split)}"
                 q = shlex.quote
+                # only the study's step-3 model (full, first seed) needs P(yield) with the face zeroed and validation
+                # predictions (event thresholds); the others skip both
+                step3 = variant == "full" and seed_index == 0
                 cmd = (
                     f"faceturn train --config {q(cfg_rel)} --corpus {q(corpus_path)} --out {q(run_rel)} --resume"
                     f" && faceturn predict --run {q(run_rel)} --corpus {q(corpus_path)} --split {q(study.split)}"
-                    f" --out {q(pred_rel)}" + (f" --posthoc-each {','.join(posthoc)}" if posthoc else "")
+                    f" --out {q(pred_rel)}"
+                    + (f" --posthoc-each {','.join(posthoc)}" if posthoc else "")
+                    + ("" if step3 else " --no-zeroed")
                 )
                 outputs = (pred_rel, *(posthoc_path(pred_rel, g) for g in posthoc))
-                if variant == "full":  # the study's step-3 model: validation predictions pick event thresholds
+                if step3:
                     val_rel = f"{run_rel}/{PRED_NAME.format(split='val')}"
                     cmd += (f" && faceturn predict --run {q(run_rel)} --corpus {q(corpus_path)} --split val"
                             f" --out {q(val_rel)}")  # fmt: skip
@@ -241,10 +252,11 @@ def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = 
     att = study["attribution"]
     main_norm, split = data["main_norm"], data["split"]
     seeds = att["seeds"]
+    posthoc_seeds = seeds[: att["posthoc_seeds"]]
 
-    def preds(corpus: str, variant: str, posthoc: str | None = None) -> list[Any]:
+    def preds(corpus: str, variant: str, posthoc: str | None = None, only: list[int] | None = None) -> list[Any]:
         out = []
-        for s in seeds:
+        for s in seeds if only is None else only:
             rel = f"runs/{corpus}/{variant}-s{s}/{PRED_NAME.format(split=split)}"
             out.append(Predictions.load(study_dir / (posthoc_path(rel, posthoc) if posthoc else rel)))
         return out
@@ -271,12 +283,12 @@ def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = 
                 _scored(p, full[0], f"{corpus} audio-only")
             block["audio_only"] = {**_delta(full, other, n_resamples, seed), "method": "retrain", "valid": True}
         block["posthoc"] = {}
-        for norm in att["posthoc_norms"]:
+        for norm in att["posthoc_norms"]:  # on the first `posthoc_seeds` seeds, retrained column included
             ref_variant = "full" if norm == main_norm else f"full-{norm}"
-            ref = preds(corpus, ref_variant)
+            ref = preds(corpus, ref_variant, only=posthoc_seeds)
             rows: dict[str, Any] = {}
             for g in att["groups"]:
-                other = preds(corpus, ref_variant, posthoc=g)
+                other = preds(corpus, ref_variant, posthoc=g, only=posthoc_seeds)
                 for p in other:
                     _scored(p, ref[0], f"{corpus} {ref_variant} post hoc {g}")
                 rows[g] = {**_delta(ref, other, n_resamples, seed), "method": "posthoc",
@@ -284,8 +296,9 @@ def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = 
             retrained = {}
             for g in att["groups"] if norm == main_norm else att["retrain_check_groups"]:
                 variant = f"no-{g}" if norm == main_norm else f"no-{g}-{norm}"
-                retrained[g] = _delta(ref, preds(corpus, variant), n_resamples, seed)
-            block["posthoc"][norm] = {"reference": ref_variant, "groups": rows, "retrained": retrained}
+                retrained[g] = _delta(ref, preds(corpus, variant, only=posthoc_seeds), n_resamples, seed)
+            block["posthoc"][norm] = {"reference": ref_variant, "seeds": posthoc_seeds, "groups": rows,
+                                      "retrained": retrained}  # fmt: skip
         per_corpus[corpus] = block
     summary = _cross_corpus(per_corpus, att["groups"])
     results = {
@@ -363,7 +376,8 @@ def format_attribution(res: dict[str, Any]) -> str:
     for norm in next(iter(res["corpora"].values()))["posthoc"]:
         lines += [
             "",
-            f"### INVALID — post-hoc zeroing, {norm} encoder (for comparison only)",
+            f"### INVALID — post-hoc zeroing, {norm} encoder, training seeds "
+            f"{next(iter(res['corpora'].values()))['posthoc'][norm]['seeds']} (for comparison only)",
             "",
             "These models were trained with the group present and evaluated with it zeroed (`valid: false`): the "
             "drop mixes what the group tells the model with the shock of an input never seen in training. With a "

@@ -22,8 +22,10 @@ CONDITIONS = ("face", "zeroed")
 
 
 def check_predictions(pred: Predictions, *, corpus: str | Path | None = None, split: str | None = None) -> None:
-    """Refuse a file made for another corpus or split, or one that lacks conversations of the split."""
+    """Refuse a file made for another corpus or split, one that lacks conversations of the split, or one written
+    without the face-zeroed predictions."""
     meta = pred.meta
+    pred.require_zeroed("evaluate (face vs zeroed)")
     if corpus is not None and Path(meta["corpus"]) != Path(corpus).resolve():
         raise ValueError(f"predictions are for corpus {meta['corpus']}, not {Path(corpus).resolve()}")
     if split is not None and meta["split"] != split:
@@ -60,7 +62,7 @@ def frame_metrics(pred: Predictions, n_resamples: int = 2000, seed: int = 0) -> 
         ("self_holds", scored & (pred.holder == 1)),
         ("interlocutor_holds", scored & (pred.holder == 0)),
     ):
-        scores = {"face": pred.p_face[sel], "zeroed": pred.p_zeroed[sel]}
+        scores = {"face": pred.p_face[sel], "zeroed": pred.require_zeroed("face vs zeroed AUC")[sel]}
         out[name] = _auc_block(pred.y[sel], scores, pred.conversation[sel], n_resamples, seed)
     return out
 
@@ -77,7 +79,7 @@ def event_scores(pred: Predictions, corpus: str | Path) -> dict[str, np.ndarray]
     rows.update({f"{kind}_{c}": [] for kind in ("sh", "spred") for c in CONDITIONS})
     order = np.lexsort((pred.frame, pred.perspective, pred.conversation))
     conv, persp, frame = pred.conversation[order], pred.perspective[order], pred.frame[order]
-    p = {"face": pred.p_face[order], "zeroed": pred.p_zeroed[order]}
+    p = {"face": pred.p_face[order], "zeroed": pred.require_zeroed("event metrics")[order]}
     bounds = np.flatnonzero(np.r_[True, (conv[1:] != conv[:-1]) | (persp[1:] != persp[:-1]), True])
     for a, b in itertools.pairwise(bounds):
         ci, n = int(conv[a]), b - a

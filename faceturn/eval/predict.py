@@ -27,7 +27,7 @@ class Predictions:
     """Per-frame rows; one row per (conversation, perspective, frame)."""
 
     p_face: np.ndarray  # [N] float32 P(yield) with the face as given
-    p_zeroed: np.ndarray  # [N] float32 P(yield) with the whole face zeroed
+    p_zeroed: np.ndarray | None  # [N] float32 P(yield) with the whole face zeroed (None: `predict --no-zeroed`)
     y: np.ndarray  # [N] uint8 turn-yield target
     m: np.ndarray  # [N] bool scored frame
     holder: np.ndarray  # [N] int8 1 self holds the floor, 0 the interlocutor, -1 nobody
@@ -42,7 +42,7 @@ class Predictions:
         from faceturn.io import atomic_write_bytes
 
         arrays = {k: getattr(self, k) for k in _ARRAYS}
-        for k in ("hidden_face", "hidden_zeroed"):
+        for k in ("p_zeroed", "hidden_face", "hidden_zeroed"):
             if getattr(self, k) is not None:
                 arrays[k] = getattr(self, k)
         arrays["meta"] = np.frombuffer(json.dumps(self.meta, sort_keys=True).encode(), dtype=np.uint8)
@@ -70,13 +70,26 @@ class Predictions:
         bad = [k for k in _ARRAYS if data[k].shape[0] != n]
         if bad:
             raise ValueError(f"{path}: arrays {bad} do not have {n} rows")
+        if meta.get("zeroed", True) != ("p_zeroed" in data):
+            raise ValueError(f"{path}: the header and the arrays disagree on whether p_zeroed was written")
         for k in ("p_face", "p_zeroed"):
-            if not np.isfinite(data[k]).all():
+            if k in data and data[k].shape[0] != n:
+                raise ValueError(f"{path}: {k} has {data[k].shape[0]} rows, the other arrays {n}")
+            if k in data and not np.isfinite(data[k]).all():
                 raise ValueError(f"{path}: {int((~np.isfinite(data[k])).sum())} non-finite values in {k}")
-        return cls(meta=meta, **data)
+        return cls(meta=meta, **{"p_zeroed": None, **data})
+
+    def require_zeroed(self, what: str) -> np.ndarray:
+        """P(yield) with the face zeroed, or a clear error for a file written without it."""
+        if self.p_zeroed is None:
+            raise ValueError(
+                f"predictions of {self.meta.get('checkpoint')} were written with --no-zeroed (face as given only); "
+                f"{what} needs P(yield) with the face zeroed: run `faceturn predict` without --no-zeroed"
+            )
+        return self.p_zeroed
 
 
-_ARRAYS = ("p_face", "p_zeroed", "y", "m", "holder", "conversation", "perspective", "frame")
+_ARRAYS = ("p_face", "y", "m", "holder", "conversation", "perspective", "frame")  # p_zeroed: unless --no-zeroed
 
 
 def window_starts(n_frames: int, window_frames: int) -> list[tuple[int, int]]:
@@ -130,9 +143,11 @@ def predict_zero_sets(
     hidden: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    zeroed: bool = True,
 ) -> list[Predictions]:
     """`predict` for several post-hoc zero sets in one pass over the data: one Predictions per set, sharing the
-    face-zeroed forward pass (with the whole face absent, which groups are zeroed makes no difference)."""
+    face-zeroed forward pass (with the whole face absent, which groups are zeroed makes no difference).
+    `zeroed=False` skips that pass (p_zeroed None): what the attribution's left-out models need, at half the cost."""
     from tqdm import tqdm
 
     from faceturn.checkpoint import load_model, resolve_checkpoint
@@ -155,7 +170,7 @@ def predict_zero_sets(
     for ci in range(len(ds)):
         for s in (0, 1):
             jobs += [(ci, s, start, keep) for start, keep in window_starts(int(ds.n_frames[ci]), window)]
-    shared: dict[str, list[np.ndarray]] = {k: [] for k in (*_ARRAYS, "hidden_zeroed")}
+    shared: dict[str, list[np.ndarray]] = {k: [] for k in (*_ARRAYS, "p_zeroed", "hidden_zeroed")}
     per_set: list[dict[str, list[np.ndarray]]] = [{"p_face": [], "hidden_face": []} for _ in zero_sets]
     for i in tqdm(range(0, len(jobs), batch_size), desc=f"predict {split}", disable=not progress, unit="batch"):
         chunk = jobs[i : i + batch_size]
@@ -165,15 +180,17 @@ def predict_zero_sets(
             model.face_encoder.keep.copy_(keep)
             outs.append(model(batch.text, batch.self_codes, batch.other_codes, batch.face, batch.face_present,
                               audio=False))  # fmt: skip
-        z = batch.without_face()
-        out_z = model(z.text, z.self_codes, z.other_codes, z.face, z.face_present, audio=False)
-        p_zero = torch.sigmoid(out_z.yield_logits.float()).cpu().numpy()
+        if zeroed:
+            z = batch.without_face()
+            out_z = model(z.text, z.self_codes, z.other_codes, z.face, z.face_present, audio=False)
+            p_zero = torch.sigmoid(out_z.yield_logits.float()).cpu().numpy()
         p_faces = [torch.sigmoid(o.yield_logits.float()).cpu().numpy() for o in outs]
         for j, (ci, s, start, keep) in enumerate(chunk):
             n = int(batch.valid[j].sum())
             sel = slice(keep - start, n)
             frames = np.arange(keep, start + n, dtype=np.int32)
-            shared["p_zeroed"].append(p_zero[j, sel])
+            if zeroed:
+                shared["p_zeroed"].append(p_zero[j, sel])
             shared["y"].append(batch.y[j, sel].cpu().numpy().astype(np.uint8))
             shared["m"].append(batch.m[j, sel].cpu().numpy().astype(bool))
             shared["holder"].append(batch.holder[j, sel].cpu().numpy().astype(np.int8))
@@ -184,7 +201,7 @@ def predict_zero_sets(
                 per_set[k]["p_face"].append(p_faces[k][j, sel])
                 if hidden:
                     per_set[k]["hidden_face"].append(out.hidden[j, sel].float().cpu().numpy().astype(np.float16))
-            if hidden:
+            if hidden and zeroed:
                 shared["hidden_zeroed"].append(out_z.hidden[j, sel].float().cpu().numpy().astype(np.float16))
     meta = {
         "format": FORMAT,
@@ -197,6 +214,7 @@ def predict_zero_sets(
         "face_dropout": train_cfg.data.face_dropout,
         "yield_weight": train_cfg.loss.yield_weight,
         "train_config": to_dict(train_cfg),
+        "zeroed": zeroed,  # whether p_zeroed was computed
     }
     arrays = {k: np.concatenate(v) for k, v in shared.items() if v}
     results = []
@@ -204,6 +222,6 @@ def predict_zero_sets(
         own = {k: np.concatenate(v) for k, v in cols.items() if v}
         # eval_zero_groups: as evaluated (trained plus post hoc); valid: the model was trained with exactly that set
         m = {**meta, "eval_zero_groups": z, "valid": z == trained_zero}
-        fields = {k: own.get(k, arrays.get(k)) for k in (*_ARRAYS, "hidden_face", "hidden_zeroed")}
+        fields = {k: own.get(k, arrays.get(k)) for k in (*_ARRAYS, "p_zeroed", "hidden_face", "hidden_zeroed")}
         results.append(Predictions(meta=m, **fields))
     return results

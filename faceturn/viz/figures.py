@@ -141,7 +141,8 @@ def load_timeline(
     p_face = np.full(n, np.nan, np.float32)
     p_zeroed = np.full(n, np.nan, np.float32)
     scored = np.zeros(n, bool)
-    p_face[frames], p_zeroed[frames], scored[frames] = p.p_face[rows], p.p_zeroed[rows], p.m[rows]
+    p_face[frames], scored[frames] = p.p_face[rows], p.m[rows]
+    p_zeroed[frames] = p.require_zeroed("the timeline")[rows]
     labels_cfg = p.meta.get("train_config", {}).get("labels")
     event_cfg = from_dict(EventConfig, labels_cfg) if labels_cfg else EventConfig()
     lab = turn_labels(np.asarray(conv.va, np.float32), event_cfg)
@@ -515,7 +516,7 @@ def roc_figure(predictions: Mapping[str, Any], out_stem: str | Path, *, title: s
         if y.all() or not y.any():
             raise ValueError(f"{source}: {int(y.sum())} of {y.size} scored frames are positive; ROC is undefined")
         color = SERIES_COLORS[j % len(SERIES_COLORS)]
-        for cond, scores, ls in (("face", p.p_face, "-"), ("zeroed", p.p_zeroed, "--")):
+        for cond, scores, ls in (("face", p.p_face, "-"), ("zeroed", p.require_zeroed("the ROC chart"), "--")):
             fpr, tpr = roc_points(y, scores[scored])
             auc = roc_auc(y, scores[scored])
             ax.plot(fpr, tpr, color=color, ls=ls, lw=1.3, label=f"{label}, {cond} (AUC {auc:.3f})")
