@@ -13,7 +13,7 @@ import sys
 
 # name -> (module, one-line help). Order is the order shown by `faceturn --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("faceturn.commands.demo", "build both synthetic corpora and run the main job end to end"),
+    "demo": ("faceturn.commands.demo", "the main job: the whole study on the two built-in synthetic corpora (CPU)"),
     "synth": ("faceturn.commands.synth", "generate a synthetic audio-visual conversation corpus"),
     "prepare": (
         "faceturn.commands.prepare",
@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("faceturn.commands.plot", "figures from prediction files: the demo timeline, ROC curves"),
     "render": ("faceturn.commands.render", "an MP4 of a conversation's timeline with a moving playhead and its sound"),
     "view": ("faceturn.commands.view", "a self-contained HTML viewer: sound or video in sync with the timeline"),
+    "study": ("faceturn.commands.study", "the whole study (steps 1-3, attribution, report) from a study config"),
     "attribute": ("faceturn.commands.attribute", "which face groups matter: leave-one-group-out by retraining"),
     "import-moshi": ("faceturn.commands.import_moshi", "import kyutai's Moshi 7B weights into a run folder"),
     "stream": ("faceturn.commands.stream", "replay a conversation frame by frame: live P(yield) and hand-over alerts"),
