@@ -350,7 +350,8 @@ def _read_attribution(out_dir: Path) -> dict[str, Any]:
                 "seeds": p["seeds"],
                 "groups": {g: {**_ci(v["delta"], v["delta_ci"], src), "valid": v["valid"]}
                            for g, v in p["groups"].items()},
-                "retrained": {g: _ci(v["delta"], v["delta_ci"], src) for g, v in p["retrained"].items()},
+                "retrained": {g: {**_ci(v["delta"], v["delta_ci"], src), "auc_with": v["reference_auc"],
+                                  "auc_without": v["other_auc"]} for g, v in p["retrained"].items()},
             }
             for norm, p in b["posthoc"].items()
         }  # fmt: skip

@@ -143,6 +143,8 @@ def test_robust_groups_need_a_ci_excluding_zero_on_every_corpus():
     one_sided = {"a": [{"name": "g", "value": 0.1, "lo": 0.05, "hi": 0.2}],
                  "b": [{"name": "g", "value": -0.1, "lo": -0.2, "hi": -0.05}]}  # fmt: skip
     assert F.robust_groups(one_sided) == []  # opposite signs are not a robust effect
+    below = {c: [{"name": "g", "value": -0.1, "lo": -0.2, "hi": -0.05}] for c in ("a", "b")}
+    assert F.robust_groups(below) == []  # better without it everywhere: not a use of the group
     assert F.robust_groups({"a": [{"name": "g", "value": 0.1, "lo": None, "hi": None}]}) == []
 
 

@@ -432,7 +432,8 @@ def auc_figure(series: Mapping[str, Sequence[Mapping]], out_stem: str | Path, *,
 
 
 def robust_groups(series: Mapping[str, Sequence[Mapping]]) -> list[str]:
-    """Row names whose CI excludes zero, on the same side, on every corpus (DESIGN §7: robust across corpora)."""
+    """Row names whose CI lies above zero on every corpus (DESIGN §7: robust across corpora). A CI below zero on
+    every corpus means the model does better without the group, which is not a use of it, so it is not robust."""
     checked = check_series(series, "attribution chart")
     by_corpus = [{r["name"]: r for r in rows} for rows in checked.values()]
     out = []
@@ -440,7 +441,7 @@ def robust_groups(series: Mapping[str, Sequence[Mapping]]) -> list[str]:
         rows = [rs.get(name) for rs in by_corpus]
         if any(r is None or r["lo"] is None for r in rows):
             continue
-        if all(r["lo"] > 0 for r in rows) or all(r["hi"] < 0 for r in rows):
+        if all(r["lo"] > 0 for r in rows):
             out.append(name)
     return out
 
@@ -461,7 +462,7 @@ def logo_figure(series: Mapping[str, Sequence[Mapping]], out_stem: str | Path, *
             label.set_fontweight("bold")
     ax.axhline(0.0, color="#999999", lw=0.8)
     ax.set_ylabel("ΔAUC when the group is left out", fontsize=8)
-    note = "bold: CI excludes 0 on every corpus" if robust & set(cats) else "no group's CI excludes 0 on every corpus"
+    note = "bold: CI above 0 on every corpus" if robust & set(cats) else "no group's CI is above 0 on every corpus"
     ax.set_title(f"leave-one-group-out (retrained) · {note}", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
