@@ -155,14 +155,16 @@ def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
 
 
 def load_toml(cls: type[T], path: str | Path, overrides: Iterable[str] = ()) -> T:
-    """Read a TOML file into `cls`, then apply overrides. Errors name the file."""
+    """Read a TOML file (or a `.json` file as `save_json` writes it) into `cls`, then apply overrides. Errors name
+    the file."""
     path = Path(path)
+    is_json = path.suffix == ".json"
     try:
-        data = tomllib.loads(path.read_text())
+        data = json.loads(path.read_text()) if is_json else tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid {'JSON' if is_json else 'TOML'} ({e})") from None
     try:
         cfg = from_dict(cls, data)
     except ConfigError as e:

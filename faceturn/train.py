@@ -18,7 +18,6 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import time
@@ -32,7 +31,7 @@ import torch
 
 from faceturn import checkpoint as ckpt_io
 from faceturn import dist
-from faceturn.config import ConfigError, apply_overrides, config_names, from_dict, load_toml, named_or_path, to_dict
+from faceturn.config import ConfigError, config_names, load_toml, named_or_path, to_dict
 from faceturn.data import (
     DataConfig,
     WindowDataset,
@@ -152,17 +151,7 @@ def load_train_config(name_or_path: str | Path, overrides: list[str] | tuple[str
     """A preset (`vanilla`, `aux`), a TOML file, or a JSON file as `faceturn.config.save_json` writes it (the
     attribution plan's per-run configs), with `--set key=value` overrides."""
     if Path(name_or_path).suffix == ".json":
-        path = Path(name_or_path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        try:
-            return apply_overrides(from_dict(TrainConfig, data), overrides)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+        return load_toml(TrainConfig, name_or_path, overrides)
     path = named_or_path(name_or_path, CONFIG_DIR, "train config")
     return load_toml(TrainConfig, path, overrides)
 

@@ -1,5 +1,5 @@
-"""Shared fixtures: a headless Chromium (see browser.py), and a small synthetic corpus with sound plus a prediction
-file for it, for the figure, video and viewer tests.
+"""Shared fixtures: a headless Chromium (see browser.py), one torch thread per module, and a small synthetic corpus
+with sound plus a prediction file for it, for the figure, video and viewer tests.
 
 The prediction file follows `faceturn predict`'s contract (every frame of both perspectives, the true labels) with
 P(yield) made from the labels (higher before hand-overs with the face than zeroed), so the pictures have structure to
@@ -14,6 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import launch_chromium
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): micro models gain
+    nothing from intra-op threads, and on a shared CPU their barriers cost 10x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

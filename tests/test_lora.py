@@ -21,12 +21,7 @@ NEW_PARTS = ["face_hidden=16", "yield_hidden=16"]
 TRAINED = ("face_encoder.", "yield_head.")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

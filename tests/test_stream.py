@@ -21,13 +21,7 @@ CFG = ModelConfig(
 ATOL = 1e-5  # fp32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Frame-sized ops gain nothing from intra-op threads, and on a shared CPU their barriers cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_model(cfg: ModelConfig = CFG, seed: int = 0) -> Model:

@@ -48,13 +48,7 @@ def _max_diff(a, b) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Micro models gain nothing from intra-op threads, and on a shared CPU their barriers cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
