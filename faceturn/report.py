@@ -157,6 +157,7 @@ def headline_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[
 # ------------------------------------------------------------------------------------------------------- figures
 def make_figures(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
     """Every summary figure and one timeline per corpus, under figures/ (PNG + SVG); returns name → stem."""
+    from faceturn.eval.predict import Predictions
     from faceturn.viz.figures import (
         auc_figure,
         load_timeline,
@@ -182,7 +183,7 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
     step3_src = {c: results["corpora"][c]["step3"]["all"]["face"]["source"] for c in corpora}
     auc_figure({c: rows_from_bootstrap(read(s)["frames"]["all"], s) for c, s in step3_src.items()}, fig_dir / "auc")
     stems["auc"] = "figures/auc"
-    preds = {c: out_dir / results["corpora"][c]["step3"]["prediction_file"] for c in corpora}
+    preds = {c: Predictions.load(out_dir / results["corpora"][c]["step3"]["prediction_file"]) for c in corpora}
     roc_figure(preds, fig_dir / "roc")
     stems["roc"] = "figures/roc"
     att = results["attribution"]["corpora"]
@@ -192,29 +193,20 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
         logo_figure(series, fig_dir / "attribution")
         stems["attribution"] = "figures/attribution"
     for c in corpora:
-        conv = _showcase_conversation(preds[c])
-        end_s = _end_s(preds[c], conv, TIMELINE_WINDOW_S[1])
+        conv = preds[c].meta["conversations"][0]
+        end_s = min(TIMELINE_WINDOW_S[1], _duration_s(preds[c], conv))
         data = load_timeline(preds[c], conv, start_s=TIMELINE_WINDOW_S[0], end_s=end_s)
         timeline_figure(data, fig_dir / f"timeline-{c}")
         stems[f"timeline-{c}"] = f"figures/timeline-{c}"
     return stems
 
 
-def _showcase_conversation(pred_path: Path, index: int = 0) -> str:
-    from faceturn.eval.predict import Predictions
-
-    ids = Predictions.load(pred_path).meta["conversations"]
-    return ids[min(index, len(ids) - 1)]
-
-
-def _end_s(pred_path: Path, conversation_id: str, max_s: float) -> float:
-    """min(max_s, the conversation's duration)."""
-    from faceturn.eval.predict import Predictions
+def _duration_s(pred: Any, conversation_id: str) -> float:
+    """Length of a conversation of the corpus a `Predictions` was made for."""
     from faceturn.store import Corpus
     from faceturn.timebase import frames_to_seconds
 
-    corpus = Corpus(Predictions.load(pred_path).meta["corpus"])
-    return min(max_s, frames_to_seconds(corpus.entry(conversation_id).n_frames))
+    return frames_to_seconds(Corpus(pred.meta["corpus"]).entry(conversation_id).n_frames)
 
 
 def make_media(results: dict[str, Any], out_dir: Path, n_conversations: int, progress: bool = True) -> list:
@@ -229,16 +221,15 @@ def make_media(results: dict[str, Any], out_dir: Path, n_conversations: int, pro
     out_dir = Path(out_dir)
     todo = []
     for c, b in results["corpora"].items():
-        pred = out_dir / b["step3"]["prediction_file"]
-        for conv in Predictions.load(pred).meta["conversations"][:n_conversations]:
-            todo.append((c, conv, pred))
+        pred = Predictions.load(out_dir / b["step3"]["prediction_file"])
+        todo += [(c, conv, pred) for conv in pred.meta["conversations"][:n_conversations]]
     made = []
     for c, conv, pred in tqdm(todo, desc="viewer pages and videos", unit="conversation", disable=not progress):
         page, mp4 = out_dir / "media" / f"{c}-{conv}.html", out_dir / "media" / f"{c}-{conv}.mp4"
         if not page.is_file():
             write_viewer(pred, conv, page)
         if not mp4.is_file():
-            render_video(pred, conv, mp4, start_s=0.0, end_s=_end_s(pred, conv, MEDIA_WINDOW_S))
+            render_video(pred, conv, mp4, start_s=0.0, end_s=min(MEDIA_WINDOW_S, _duration_s(pred, conv)))
         made.append((f"{c} · {conv}", page.relative_to(out_dir).as_posix(), mp4.relative_to(out_dir).as_posix()))
     return made
 

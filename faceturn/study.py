@@ -86,12 +86,6 @@ class StudyConfig:
             raise ValueError(f"corpus names must be distinct, got {names}")
 
 
-def named_study_configs() -> list[str]:
-    from faceturn.config import config_names
-
-    return config_names(CONFIG_DIR)
-
-
 def load_study_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
     """A shipped study (`synthetic`, `real`) or a TOML file. Relative corpus paths are made absolute: relative to a
     TOML file's folder, or to the working directory for a shipped config."""
@@ -132,8 +126,6 @@ def ensure_corpora(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> di
 # ------------------------------------------------------------------------------------------------------ the runner
 def _check_study_folder(cfg: StudyConfig, out_dir: Path) -> None:
     """Save study.json; refuse a folder that holds a study with another configuration (results would mix)."""
-    import json
-
     from faceturn.config import to_dict
     from faceturn.io import atomic_write_json
 
@@ -148,7 +140,6 @@ def _check_study_folder(cfg: StudyConfig, out_dir: Path) -> None:
 
 def _set_flags(cfg: object) -> str:
     """`--set k=v` flags that reproduce a flat dataclass config on a command line."""
-    import json
     import shlex
 
     from faceturn.config import to_dict
@@ -193,8 +184,6 @@ def study_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> lis
 
 def run_study(cfg: StudyConfig, out_dir: Path, *, jobs: int | None = None, progress: bool = True) -> dict:
     """Run (or resume) the whole study into `out_dir`; returns the content of results.json."""
-    import json
-
     from faceturn.eval.attribution import collect
     from faceturn.io import atomic_write_json
     from faceturn.jobs import run_jobs
@@ -213,13 +202,11 @@ def run_study(cfg: StudyConfig, out_dir: Path, *, jobs: int | None = None, progr
     from faceturn.report import write_report
 
     write_report(results, out_dir, progress=progress)
-    return json.loads((out_dir / "results.json").read_text())
+    return results
 
 
 def _corpus_facts(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> None:
     """corpora.json: each corpus' statistics and, for synthetic ones, what the generator planted (truth.json)."""
-    import json
-
     from faceturn.commands.inspect import corpus_statistics
     from faceturn.io import atomic_write_json
     from faceturn.store import Corpus
@@ -230,13 +217,14 @@ def _corpus_facts(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> 
     facts = {}
     for spec in cfg.corpora:
         root = corpora[spec.name]
+        store = Corpus(root)
         truth = root / "truth.json"
         facts[spec.name] = {
             "path": str(root.resolve()),
             "synthetic": spec.synth is not None,
-            "statistics": corpus_statistics(Corpus(root)),
+            "statistics": corpus_statistics(store),
             "truth": json.loads(truth.read_text()) if truth.is_file() else None,
-            "splits": {s: len(Corpus(root).ids(s)) for s in ("train", "val", cfg.split)},
+            "splits": {s: len(store.ids(s)) for s in ("train", "val", cfg.split)},
         }
     atomic_write_json(path, facts)
 
@@ -430,7 +418,7 @@ def recovery_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                     f"ΔAUC on {dim} (gain {gains[dim]:g}) below {clear} (gain {gains[clear]:g})",
                     f"{dim} {b['value']:+.3f}, {clear} {a['value']:+.3f}", b["value"] < a["value"])  # fmt: skip
         for g in att["reading"]:
-            kinds = {c: planted[c][g]["planted"] for c in planted if c in att["corpora"]}
+            kinds = {c: planted[c][g]["planted"] for c in have}
             if "weak" in kinds.values():
                 continue
             seen = [c for c, k in kinds.items() if k == "observable"]

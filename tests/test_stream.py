@@ -9,8 +9,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_model import make_inputs, make_model  # the tiny-model helpers of the model's own tests
 
-from faceturn.model import Model, ModelConfig
+from faceturn.model import ModelConfig
 from faceturn.schema import FACE_GROUPS, N_FACE
 from faceturn.stream import AlertTrigger, Sampling, TurnYieldStream, generate, sample_token, score_alerts
 
@@ -24,25 +25,6 @@ ATOL = 1e-5  # fp32
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def make_model(cfg: ModelConfig = CFG, seed: int = 0) -> Model:
-    torch.manual_seed(seed)
-    model = Model(cfg).eval()
-    with torch.no_grad():
-        model.face_encoder.missing.normal_()  # zero at init; random so that "no face" is visible
-    return model
-
-
-def make_inputs(B: int, T: int, seed: int = 0, cfg: ModelConfig = CFG) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "text": torch.randint(-1, cfg.text_card, (B, T), generator=g),
-        "self_codes": torch.randint(0, cfg.card, (B, 8, T), generator=g),
-        "other_codes": torch.randint(0, cfg.card, (B, 8, T), generator=g),
-        "face": torch.randn(B, T, N_FACE, generator=g),
-        "face_present": torch.rand(B, T, generator=g) > 0.25,
-    }
-
-
 def listen(stream: TurnYieldStream, x: dict[str, torch.Tensor], logits: bool = True) -> torch.Tensor:
     """Every frame of x through step_batch → [B, T]."""
     out = []
@@ -54,8 +36,8 @@ def listen(stream: TurnYieldStream, x: dict[str, torch.Tensor], logits: bool = T
 
 # ---------------------------------------------------------------------------------------- equality with forward
 def test_listening_equals_forward_for_500_frames_past_the_context():
-    model = make_model()
-    x = make_inputs(B=2, T=500)
+    model = make_model(CFG)
+    x = make_inputs(CFG, B=2, T=500)
     x["face"][0, 100:130] = float("nan")  # absent faces may hold anything
     x["face_present"][0, 100:130] = False
     with torch.no_grad():
@@ -75,8 +57,8 @@ def test_listening_equals_forward_for_500_frames_past_the_context():
 
 def test_generation_logits_equal_forward_for_500_frames_past_the_context():
     """Sampled talking: the forward pass teacher-forced on what was drawn reproduces every logit it was drawn from."""
-    model = make_model()
-    x = make_inputs(B=2, T=500, seed=1)
+    model = make_model(CFG)
+    x = make_inputs(CFG, B=2, T=500, seed=1)
     g = torch.Generator().manual_seed(3)
     sampling = Sampling(audio_temperature=1.0, audio_top_k=12, text_temperature=1.0)
     gen = generate(model, x["other_codes"], x["face"], x["face_present"], sampling, generator=g, keep_logits=True)
@@ -96,8 +78,8 @@ def test_generation_logits_equal_forward_for_500_frames_past_the_context():
 
 
 def test_greedy_generation_is_the_argmax_of_forward_and_text_can_be_off():
-    model = make_model(seed=4)
-    x = make_inputs(B=2, T=40, seed=2)
+    model = make_model(CFG, seed=4)
+    x = make_inputs(CFG, B=2, T=40, seed=2)
     gen = generate(model, x["other_codes"], x["face"], x["face_present"], text=False, keep_logits=True)
     assert (gen.text == -1).all() and gen.text_logits is None
     with torch.no_grad():
@@ -130,8 +112,8 @@ def test_sample_token_greedy_and_top_k():
 
 def test_batched_rows_start_at_different_times():
     """Rows are independent conversations with their own positions: a row reset mid-way equals a fresh stream."""
-    model = make_model(seed=1)
-    x = make_inputs(B=3, T=60, seed=5)
+    model = make_model(CFG, seed=1)
+    x = make_inputs(CFG, B=3, T=60, seed=5)
     stream = TurnYieldStream(model, batch_size=3)
     got = []
     for k in range(60):
@@ -153,7 +135,7 @@ def test_batched_rows_start_at_different_times():
 
 def test_zero_groups_are_honoured():
     model = make_model(dataclasses.replace(CFG, zero_groups=("head_trans", "eye_gaze")))
-    x = make_inputs(B=1, T=20, seed=6)
+    x = make_inputs(CFG, B=1, T=20, seed=6)
     base = listen(TurnYieldStream(model), x)
     varied = dict(x, face=x["face"].clone())
     varied["face"][..., list(FACE_GROUPS["eye_gaze"])] = 50 * torch.randn(1, 20, len(FACE_GROUPS["eye_gaze"]))
@@ -165,7 +147,7 @@ def test_zero_groups_are_honoured():
 
 # ------------------------------------------------------------------------------------------------------ bad input
 def test_bad_input_is_a_clear_error_and_never_nan():
-    model = make_model()
+    model = make_model(CFG)
     stream = TurnYieldStream(model)
     codes, face = torch.zeros(8, dtype=torch.long), torch.zeros(N_FACE)
     cases = [

@@ -254,11 +254,16 @@ def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = 
     seeds = att["seeds"]
     posthoc_seeds = seeds[: att["posthoc_seeds"]]
 
+    loaded: dict[str, Any] = {}  # each file is read once, though the post-hoc tables reuse the retrained ones
+
     def preds(corpus: str, variant: str, posthoc: str | None = None, only: list[int] | None = None) -> list[Any]:
         out = []
         for s in seeds if only is None else only:
             rel = f"runs/{corpus}/{variant}-s{s}/{PRED_NAME.format(split=split)}"
-            out.append(Predictions.load(study_dir / (posthoc_path(rel, posthoc) if posthoc else rel)))
+            rel = posthoc_path(rel, posthoc) if posthoc else rel
+            if rel not in loaded:
+                loaded[rel] = Predictions.load(study_dir / rel)
+            out.append(loaded[rel])
         return out
 
     corpora = list(dict.fromkeys(r.corpus for r in runs))

@@ -13,7 +13,9 @@ from __future__ import annotations
 import io
 import json
 import wave
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +84,40 @@ def mixed_window(audio: np.ndarray, rate_hz: int, start_s: float, end_s: float) 
     out[: part.size] = part
     peak = float(np.abs(out).max()) if out.size else 0.0
     return out / peak if peak > 1.0 else out
+
+
+@dataclass(frozen=True)
+class Clip:
+    """What a video or a viewer page shows of one conversation window."""
+
+    data: Any  # faceturn.viz.figures.TimelineData of the window
+    mono: np.ndarray  # [n_samples] float32, both participants mixed over the window
+    rate_hz: int
+    video: Path | None  # the interlocutor's face video, given or found; None: sound only
+
+
+def load_clip(
+    pred: Any,
+    conversation_id: str,
+    *,
+    perspective: int = 0,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    corpus: str | Path | None = None,
+    video: str | Path | None = None,
+    media_root: str | Path | None = None,
+) -> Clip:
+    """The timeline, sound and face video of a conversation window (arguments as `render_video`'s)."""
+    from faceturn.store import Corpus
+    from faceturn.viz.figures import load_timeline
+
+    data = load_timeline(pred, conversation_id, perspective=perspective, start_s=start_s, end_s=end_s, corpus=corpus)
+    store = Corpus(data.corpus_root)
+    audio, rate_hz = conversation_audio(store, conversation_id)
+    if video is None:
+        video = find_face_video(store.load(conversation_id), 1 - perspective, media_root)
+    mono = mixed_window(audio, rate_hz, data.start_s, data.end_s)
+    return Clip(data, mono, rate_hz, None if video is None else Path(video))
 
 
 def find_face_video(conv, participant: int, media_root: str | Path | None) -> Path | None:

@@ -13,6 +13,7 @@ import io
 import math
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ PLAYHEAD_PX = 4  # width of the playhead line (even: chroma is half resolution)
 
 
 def render_video(
-    pred: str | Path,
+    pred: str | Path | Any,  # a `faceturn predict` file or a loaded Predictions
     conversation_id: str,
     out: str | Path,
     *,
@@ -46,29 +47,16 @@ def render_video(
     import av
     from tqdm import tqdm
 
-    from faceturn.store import Corpus
-    from faceturn.viz.figures import load_timeline, timeline_image
-    from faceturn.viz.media import (
-        VideoFrames,
-        add_audio_stream,
-        conversation_audio,
-        find_face_video,
-        mixed_window,
-        rgb_to_yuv420,
-        video_aspect,
-        yuv420_frame,
-    )
+    from faceturn.viz.figures import timeline_image
+    from faceturn.viz.media import VideoFrames, add_audio_stream, load_clip, rgb_to_yuv420, video_aspect, yuv420_frame
 
     if not (1.0 <= fps <= 60.0):
         raise ValueError(f"fps must be between 1 and 60, got {fps}")
     if height_px % 2 or timeline_width_px % 2 or height_px < 240:
         raise ValueError(f"frame size {timeline_width_px}×{height_px} px must be even and at least 240 px high")
-    data = load_timeline(pred, conversation_id, perspective=perspective, start_s=start_s, end_s=end_s, corpus=corpus)
-    store = Corpus(data.corpus_root)
-    audio, rate_hz = conversation_audio(store, conversation_id)
-    mono = mixed_window(audio, rate_hz, data.start_s, data.end_s)
-    if video is None:
-        video = find_face_video(store.load(conversation_id), 1 - perspective, media_root)
+    clip = load_clip(pred, conversation_id, perspective=perspective, start_s=start_s, end_s=end_s, corpus=corpus,
+                     video=video, media_root=media_root)  # fmt: skip
+    data, mono, rate_hz, video = clip.data, clip.mono, clip.rate_hz, clip.video
 
     video_w = 0
     if video is not None:

@@ -16,6 +16,7 @@ import json
 import math
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -131,7 +132,7 @@ def _rounded(x: np.ndarray) -> list[float | None]:
 
 
 def write_viewer(
-    pred: str | Path,
+    pred: str | Path | Any,  # a `faceturn predict` file or a loaded Predictions
     conversation_id: str,
     out_html: str | Path,
     *,
@@ -148,18 +149,14 @@ def write_viewer(
     """
     from matplotlib.image import imsave
 
-    from faceturn.store import Corpus
-    from faceturn.viz.figures import load_timeline, timeline_image
-    from faceturn.viz.media import conversation_audio, encode_audio_only, find_face_video, mixed_window
+    from faceturn.viz.figures import timeline_image
+    from faceturn.viz.media import encode_audio_only, load_clip
 
-    data = load_timeline(pred, conversation_id, perspective=perspective, start_s=start_s, end_s=end_s, corpus=corpus)
-    store = Corpus(data.corpus_root)
-    audio, rate_hz = conversation_audio(store, conversation_id)
-    mono = mixed_window(audio, rate_hz, data.start_s, data.end_s)
-    if video is None:
-        video = find_face_video(store.load(conversation_id), 1 - perspective, media_root)
-    if video is not None:
-        uri = _data_uri("video/webm", _face_video_webm(Path(video), mono, rate_hz, data.start_s, data.end_s))
+    clip = load_clip(pred, conversation_id, perspective=perspective, start_s=start_s, end_s=end_s, corpus=corpus,
+                     video=video, media_root=media_root)  # fmt: skip
+    data, mono, rate_hz = clip.data, clip.mono, clip.rate_hz
+    if clip.video is not None:
+        uri = _data_uri("video/webm", _face_video_webm(clip.video, mono, rate_hz, data.start_s, data.end_s))
         media = f'<video id="media" controls preload="auto" src="{uri}"></video>'
     else:
         uri = _data_uri("audio/webm", encode_audio_only(mono, rate_hz))
