@@ -185,10 +185,10 @@ def config_names(config_dir: Path) -> list[str]:
 
 
 def named_or_path(name_or_path: str | Path, config_dir: Path, kind: str) -> Path:
-    """The TOML file for a shipped config name (e.g. `tiny`) or a path given as is; an unknown name lists the valid
-    ones."""
+    """The TOML file for a shipped config name (e.g. `tiny`) or a path given as is (any `.toml` or `.json` file, see
+    `load_toml`); an unknown name lists the valid ones."""
     path = Path(name_or_path)
-    if path.suffix != ".toml" and len(path.parts) == 1:
+    if path.suffix not in (".toml", ".json") and len(path.parts) == 1:
         names = config_names(config_dir)
         if str(name_or_path) not in names:
             raise ConfigError(f"unknown {kind} {str(name_or_path)!r}; named configs: {names}")
