@@ -22,6 +22,13 @@ import time
 from pathlib import Path
 
 
+def _cell(block: dict) -> str:
+    """A group's ΔAUC with its CI; a group zeroed by default is 0 by construction, so its added-back model is shown."""
+    if block.get("zeroed_by_default"):
+        return "0, added back " + _cell(block["added_back"])
+    return f"{block['delta']:+.3f} [{block['delta_ci'][0]:+.3f}, {block['delta_ci'][1]:+.3f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="study folder (default: a new temporary folder)")
@@ -57,8 +64,7 @@ def main() -> None:
     print(f"  {'total':32s} {total:7.1f} s = {total / 60:.2f} min (target <= 8 min); "
           f"{phases['run'] * args.jobs / n_runs:.1f} s per run per slot")  # fmt: skip
     for g, reading in results["summary"]["reading"].items():
-        cells = ", ".join(f"{c} {b['groups'][g]['delta']:+.3f} [{b['groups'][g]['delta_ci'][0]:+.3f}, "
-                          f"{b['groups'][g]['delta_ci'][1]:+.3f}]" for c, b in results["corpora"].items())  # fmt: skip
+        cells = ", ".join(f"{c} {_cell(b['groups'][g])}" for c, b in results["corpora"].items())
         print(f"  {g:11s} {cells}: {reading}")
     if args.out is None and not args.keep:
         shutil.rmtree(out.parent)

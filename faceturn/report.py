@@ -124,6 +124,13 @@ def fmt_ci(block: dict[str, Any] | None, digits: int = 3, signed: bool = False) 
     return f"{f.format(block['value'])} [{f.format(lo)}, {f.format(hi)}]"
 
 
+def fmt_group(block: dict[str, Any] | None) -> str:
+    """A leave-one-out cell: the ΔAUC, or for a group zeroed by default its 0 and the measured added-back ΔAUC."""
+    if block and block.get("zeroed_by_default"):
+        return f"0 (zeroed by default); added back: {fmt_ci(block['added_back'], signed=True)}"
+    return fmt_ci(block, signed=True)
+
+
 def headline_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """The study's headline table: one row per figure, one column per corpus."""
     corpora = list(results["corpora"])
@@ -148,7 +155,8 @@ def headline_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[
     row("step 3 · aux AUC, face zeroed", lambda k: c[k]["step3"]["all"]["zeroed"])
     row("step 3 · aux ΔAUC (face − zeroed)", lambda k: c[k]["step3"]["all"]["delta"], 3, True)
     for g in results["attribution"]["reading"]:
-        row(f"leave-one-out ΔAUC · {g} (retrained)", lambda k, g=g: att.get(k, {}).get("groups", {}).get(g), 3, True)
+        rows.append((f"leave-one-out ΔAUC · {g} (retrained)",
+                     *(fmt_group(att.get(k, {}).get("groups", {}).get(g)) for k in corpora)))  # fmt: skip
     if all("audio_only" in att.get(k, {}) for k in corpora):
         row("leave-one-out ΔAUC · whole face (audio-only model)", lambda k: att[k]["audio_only"], 3, True)
     return ("figure", *corpora), rows
@@ -188,8 +196,12 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
     stems["roc"] = "figures/roc"
     att = results["attribution"]["corpora"]
     if att:
-        series = {c: [{"name": g, "value": v["value"], "lo": v["ci"][0], "hi": v["ci"][1]}
-                      for g, v in att[c]["groups"].items()] for c in att}  # fmt: skip
+
+        def point(g: str, v: dict[str, Any]) -> dict[str, Any]:  # a group zeroed by default: its added-back model
+            m, name = (v["added_back"], f"{g} (added back)") if v["zeroed_by_default"] else (v, g)
+            return {"name": name, "value": m["value"], "lo": m["ci"][0], "hi": m["ci"][1]}
+
+        series = {c: [point(g, v) for g, v in att[c]["groups"].items()] for c in att}
         logo_figure(series, fig_dir / "attribution")
         stems["attribution"] = "figures/attribution"
     for c in corpora:
@@ -412,9 +424,13 @@ def build_report(results: dict[str, Any], stems: dict[str, str], media: list) ->
                  "corpus. " + ("The CIs resample training seeds as well as conversations." if len(att["seeds"]) > 1
                                else "With one training seed the CIs cover the test conversations, not training "
                                "noise: two seeds of one model differ by a few thousandths of AUC, so effects of "
-                               "that size are within it.")),
+                               "that size are within it.")
+                 + (f" The full model zeroes {', '.join(att['default_zero_groups'])} by default (a camera-setup "
+                    "constant), so leaving it out changes nothing (0 by construction); the model retrained with it "
+                    "added back gives the measured ΔAUC = AUC(with it) − AUC(full)."
+                    if att["default_zero_groups"] else "")),
             Table(("group", *acorpora, "reading"), tuple(
-                (g, *(fmt_ci(att["corpora"][k]["groups"][g], signed=True) for k in acorpora), att["reading"][g])
+                (g, *(fmt_group(att["corpora"][k]["groups"][g]) for k in acorpora), att["reading"][g])
                 for g in att["reading"]
             ) + ((("whole face (audio-only model)", *(fmt_ci(att["corpora"][k].get("audio_only"), signed=True)
                                                      for k in acorpora), ""),)
@@ -422,7 +438,7 @@ def build_report(results: dict[str, Any], stems: dict[str, str], media: list) ->
             Para("Ranking per corpus: " + "; ".join(f"{k}: {' > '.join(r)}" for k, r in att["ranking"].items())
                  + "."),
             Figure(stems["attribution"], "Leave-one-group-out ΔAUC per face group and corpus (95 % CIs); bold: "
-                   "robust on every corpus."),
+                   "robust on every corpus; a group zeroed by default is shown added back."),
         ]  # fmt: skip
         blocks += _posthoc_section(results)
     blocks += [Heading("Watching the model")]

@@ -322,14 +322,19 @@ def _read_step3(out_dir: Path, name: str) -> dict[str, Any]:
 def _read_attribution(out_dir: Path) -> dict[str, Any]:
     src = "attribution/results.json"
     res = json.loads((out_dir / src).read_text())
-    out: dict[str, Any] = {"main_norm": res["main_norm"], "seeds": res["seeds"], "corpora": {},
+    out: dict[str, Any] = {"main_norm": res["main_norm"], "default_zero_groups": res["default_zero_groups"],
+                           "seeds": res["seeds"], "corpora": {},
                            "reading": res["summary"]["reading"], "ranking": res["summary"]["ranking"]}  # fmt: skip
     for corpus, b in res["corpora"].items():
         c: dict[str, Any] = {
             "full_auc": _ci(b["full_auc"]["auc"], b["full_auc"]["ci"], src),
-            "groups": {g: {**_ci(v["delta"], v["delta_ci"], src), "seed_sd": v["seed_sd"]} for g, v in
-                       b["groups"].items()},
+            "groups": {g: {**_ci(v["delta"], v["delta_ci"], src), "seed_sd": v["seed_sd"],
+                           "zeroed_by_default": v["zeroed_by_default"]} for g, v in b["groups"].items()},
         }  # fmt: skip
+        for g, v in b["groups"].items():
+            if v["zeroed_by_default"]:  # 0 by construction; the measured number is the model with it added back
+                a = v["added_back"]
+                c["groups"][g]["added_back"] = {**_ci(a["delta"], a["delta_ci"], src), "seed_sd": a["seed_sd"]}
         if "audio_only" in b:
             c["audio_only"] = _ci(b["audio_only"]["delta"], b["audio_only"]["delta_ci"], src)
         c["posthoc"] = {
@@ -361,6 +366,11 @@ def planted_expectations(truth: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out[g] = {"cue_strength": t["cue_strength"], "observation_gain": t["observation_gain"],
                   "strength": strength, "snr": snr, "planted": kind}  # fmt: skip
     return out
+
+
+def _measured(group: dict[str, Any]) -> dict[str, Any]:
+    """A group's measured leave-one-out ΔAUC: for a group zeroed by default (0 by construction), the added-back one."""
+    return group["added_back"] if group["zeroed_by_default"] else group
 
 
 def recovery_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -395,14 +405,17 @@ def recovery_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
         for g, p in groups.items():
             if g not in found or p["planted"] == "weak":
                 continue
-            f = found[g]
-            text = f"ΔAUC {f['value']:+.3f} [{f['ci'][0]:+.3f}, {f['ci'][1]:+.3f}]"
+            f = _measured(found[g])
+            default = found[g]["zeroed_by_default"]
+            text = ("zeroed by default; added back: " if default else "") + (
+                f"ΔAUC {f['value']:+.3f} [{f['ci'][0]:+.3f}, {f['ci'][1]:+.3f}]")  # fmt: skip
+            how = "added-back " if default else ""
             if p["planted"] == "none":  # a model may do slightly better without a useless input: ΔAUC ≤ 0 is fine
-                add(c, f"attribution: {g} carries nothing", "nothing planted: CI not above zero", text,
+                add(c, f"attribution: {g} carries nothing", f"nothing planted: {how}CI not above zero", text,
                     f["ci"][0] <= 0)  # fmt: skip
             else:
-                add(c, f"attribution: the model uses {g}", f"planted and observable (SNR {p['snr']:.1f}): CI above "
-                    "zero", text, f["ci"][0] > 0)  # fmt: skip
+                add(c, f"attribution: the model uses {g}", f"planted and observable (SNR {p['snr']:.1f}): {how}CI "
+                    "above zero", text, f["ci"][0] > 0)  # fmt: skip
     if len(planted) >= 2 and att["corpora"]:
         have = [c for c in planted if c in att["corpora"]]
         for g in att["reading"]:  # the same cue seen through a much lower observation gain must matter less
@@ -413,7 +426,7 @@ def recovery_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                 and all(planted[c][g]["cue_strength"] > 0 for c in have)
             ):
                 clear, dim = max(gains, key=gains.get), min(gains, key=gains.get)
-                a, b = att["corpora"][clear]["groups"][g], att["corpora"][dim]["groups"][g]
+                a, b = (_measured(att["corpora"][k]["groups"][g]) for k in (clear, dim))
                 add("all", f"attribution: {g} matters less where it is seen worse",
                     f"ΔAUC on {dim} (gain {gains[dim]:g}) below {clear} (gain {gains[clear]:g})",
                     f"{dim} {b['value']:+.3f}, {clear} {a['value']:+.3f}", b["value"] < a["value"])  # fmt: skip
@@ -422,13 +435,15 @@ def recovery_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
             if "weak" in kinds.values():
                 continue
             seen = [c for c, k in kinds.items() if k == "observable"]
-            expected = (
-                "robust"
-                if len(seen) == len(kinds)
-                else f"corpus-dependent (used on {', '.join(seen)} only)"
-                if seen
-                else "no detectable effect"
-            )
+            default = any(att["corpora"][c]["groups"][g]["zeroed_by_default"] for c in have)
+            if default:
+                expected = "zeroed by default; " + (
+                    f"adding it back helps on {', '.join(seen)}" if seen else "adding it back does not help"
+                )
+            elif seen:
+                expected = "robust" if len(seen) == len(kinds) else f"corpus-dependent (used on {', '.join(seen)} only)"
+            else:
+                expected = "no detectable effect"
             add("all", f"cross-corpus reading of {g}", expected, att["reading"][g], expected == att["reading"][g])
     return checks
 

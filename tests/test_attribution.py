@@ -43,7 +43,8 @@ jobs = 2
 AUX = ["data.window_s=5", "optim.max_steps=4", "optim.warmup_steps=1", "eval_every_steps=0", "progress=false",
        "data.batch_size=2", "checkpoint_every_steps=2", "loss.audio_weight=0",
        "model.overrides=['face_norm=\"standardize\"']"]  # fmt: skip
-VARIANTS = {"full", "no-eye_gaze", "no-head_trans", "audio-only", "full-layernorm", "no-head_trans-layernorm"}
+# head_trans is zeroed by default (the model config), so it is retrained *added back* rather than left out
+VARIANTS = {"full", "no-eye_gaze", "with-head_trans", "audio-only", "full-layernorm", "with-head_trans-layernorm"}
 
 
 @pytest.fixture(scope="module")
@@ -81,21 +82,37 @@ def test_plan_is_one_shell_command_per_run_with_identical_budgets(planned):
     configs = {r.variant: json.loads((out / f"configs/{r.id}.json").read_text()) for r in runs}
     zero = {v: sorted(json.loads(next(o for o in c["model"]["overrides"] if o.startswith("zero_groups"))
                                  .split("=", 1)[1])) for v, c in configs.items()}  # fmt: skip
-    assert (
-        zero["full"] == [] and zero["no-eye_gaze"] == ["eye_gaze"] and zero["no-head_trans-layernorm"] == ["head_trans"]
-    )
+    assert zero["full"] == zero["full-layernorm"] == ["head_trans"] and zero["no-eye_gaze"] == [
+        "eye_gaze",
+        "head_trans",
+    ]
+    assert zero["with-head_trans"] == zero["with-head_trans-layernorm"] == []
     assert len(zero["audio-only"]) == 6
     norm = {v: next(o for o in c["model"]["overrides"] if o.startswith("face_norm")) for v, c in configs.items()}
     assert norm["full-layernorm"] == 'face_norm="layernorm"' and norm["no-eye_gaze"] == 'face_norm="standardize"'
     strip = [{k: v for k, v in c.items() if k != "model"} for c in configs.values()]
     assert all(s == strip[0] for s in strip)  # same data, budget, seeds; only the face settings differ
-    assert [r.posthoc_groups for r in runs if r.variant in ("full", "full-layernorm")] == [
-        ("eye_gaze", "head_trans"),
-        ("eye_gaze", "head_trans"),
-    ]
+    posthoc = {r.variant: r.posthoc_groups for r in runs if r.posthoc_groups}  # only on models that saw the group
+    assert posthoc == {"full": ("eye_gaze",), "full-layernorm": ("eye_gaze",), "with-head_trans": ("head_trans",),
+                       "with-head_trans-layernorm": ("head_trans",)}  # fmt: skip
     before = (out / "plan.json").read_text()
     assert main(["attribute", "plan", "--config", str(config), "--out", str(out), "--quiet"]) == 0
     assert (out / "plan.json").read_text() == before  # re-planning is idempotent
+
+
+def test_without_default_zeroing_every_group_is_left_out(corpus, tmp_path):
+    """A model config that zeroes nothing (the paper's first setup): head_trans is retrained left out like any group,
+    and the layernorm retrain check trains it left out as well."""
+    model = "model.overrides=['face_norm=\"standardize\"', 'zero_groups=[]']"
+    config = write_study(tmp_path / "study.toml", corpus, [*AUX[:-1], model])
+    out = tmp_path / "study"
+    assert main(["attribute", "plan", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    data, runs = load_plan(out)
+    assert data["default_zero_groups"] == []
+    assert {r.variant: list(r.zero_groups) for r in runs if r.variant != "audio-only"} == {
+        "full": [], "no-eye_gaze": ["eye_gaze"], "no-head_trans": ["head_trans"], "full-layernorm": [],
+        "no-head_trans-layernorm": ["head_trans"]}  # fmt: skip
+    assert [r.posthoc_groups for r in runs if r.variant.startswith("full")] == [("eye_gaze", "head_trans")] * 2
 
 
 def test_a_plan_for_another_study_is_refused(planned, corpus, tmp_path, capsys):
@@ -154,14 +171,23 @@ def test_collect_pairs_frames_and_labels_post_hoc_invalid(finished, capsys):
     res = json.loads((out / "results.json").read_text())
     block = res["corpora"]["tight"]
     assert set(block["groups"]) == {"eye_gaze", "head_trans"}
-    for g, b in block["groups"].items():
+    gaze, trans = block["groups"]["eye_gaze"], block["groups"]["head_trans"]
+    for b in (gaze, trans["added_back"]):
         assert b["valid"] and b["method"] == "retrain" and b["n_resamples"] == 200
-        assert b["delta_ci"][0] <= b["delta_ci"][1] and np.isfinite(b["delta"]), g
+        assert b["delta_ci"][0] <= b["delta_ci"][1] and np.isfinite(b["delta"])
+    assert not gaze["zeroed_by_default"] and gaze["delta"] == gaze["reference_auc"] - gaze["other_auc"]
+    # zeroed by default: leaving it out is the full model itself; the measured number is the model with it put back
+    assert trans["zeroed_by_default"] and trans["delta"] == 0.0 and trans["delta_ci"] == [0.0, 0.0]
+    assert trans["added_back"]["other_auc"] == gaze["reference_auc"] == block["full_auc"]["auc"]
+    assert trans["added_back"]["reference_auc"] != block["full_auc"]["auc"]  # a different, retrained model
+    assert "| head_trans | 0 (zeroed by default); added back: " in printed
+    assert res["summary"]["reading"]["head_trans"].startswith("zeroed by default; adding it back")
     assert set(block["posthoc"]) == {"layernorm", "standardize"}
     for norm, p in block["posthoc"].items():
         assert all(not row["valid"] and row["method"] == "posthoc" for row in p["groups"].values()), norm
     assert set(block["posthoc"]["layernorm"]["retrained"]) == {"head_trans"}
-    assert block["posthoc"]["layernorm"]["reference"] == "full-layernorm"
+    assert block["posthoc"]["layernorm"]["reference"] == {"eye_gaze": "full-layernorm",
+                                                          "head_trans": "with-head_trans-layernorm"}  # fmt: skip
     assert set(res["summary"]["reading"]) == {"eye_gaze", "head_trans"}
     md = (out / "results.md").read_text()
     assert "### INVALID — post-hoc zeroing, layernorm encoder" in md and "(invalid)" in md

@@ -106,7 +106,7 @@ def test_results_trace_every_number_to_a_file(study):
         att = res["attribution"]["corpora"][c]
         assert set(att["groups"]) == {"head_trans"}
         assert att["posthoc"]["standardize"]["valid"] is False
-    assert res["attribution"]["reading"]["head_trans"].startswith(("robust", "no detectable", "corpus-dependent"))
+    assert res["attribution"]["reading"]["head_trans"].startswith("zeroed by default; adding it back")
     assert {c["corpus"] for c in res["recovery"]} == {"tight", "wide", "all"}
 
 
@@ -192,7 +192,13 @@ def _results(groups: dict[str, dict[str, tuple]], reading: dict[str, str]) -> di
                                                                      "circular_shift": _block(0.51, 0.5, 0.52)}},
             "step3": {"all": {"delta": _block(0.05, 0.04, 0.06)}},
         }  # fmt: skip
-    att = {c: {"groups": {g: _block(*v) for g, v in gs.items()}} for c, gs in groups.items()}
+
+    def group(g: str, v: tuple) -> dict:  # head_trans is zeroed by default: 0 by construction, measured added back
+        if g == "head_trans":
+            return {**_block(0.0, 0.0, 0.0), "zeroed_by_default": True, "added_back": _block(*v)}
+        return {**_block(*v), "zeroed_by_default": False}
+
+    att = {c: {"groups": {g: group(g, v) for g, v in gs.items()}} for c, gs in groups.items()}
     return {"corpora": corpora, "attribution": {"corpora": att, "reading": reading}}
 
 
@@ -214,7 +220,11 @@ def test_recovery_checks_agree_only_with_what_was_planted():
             "head_trans": (-0.003, -0.005, -0.001),
         },
     }
-    reading = {"eye_gaze": "robust", "head_rot": "robust", "head_trans": "no detectable effect"}
+    reading = {
+        "eye_gaze": "robust",
+        "head_rot": "robust",
+        "head_trans": "zeroed by default; adding it back does not help",
+    }
     checks = recovery_checks(_results(found, reading))
     assert all(c["ok"] for c in checks), [c for c in checks if not c["ok"]]  # doing better without noise is fine
     assert "attribution: eye_gaze matters less where it is seen worse" in [c["claim"] for c in checks]

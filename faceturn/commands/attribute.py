@@ -52,11 +52,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"attribute run: {info['ran']} runs in {info['seconds']:.0f} s, {info['skipped']} already finished")
         return 0
     res = att.collect(args.dir, args.resamples, args.seed)
-    text = att.format_attribution(res)
-    if args.method == "retrain":
-        text = text.split("\n### INVALID")[0]
-    else:
-        text = "### INVALID" + text.split("\n### INVALID", 1)[1]
-    print(text)
+    print(att.format_attribution(res, args.method))
     print(f"\nattribute collect: {args.dir / 'results.json'}, {args.dir / 'results.md'}")
     return 0

@@ -5,12 +5,17 @@ in the checkpoint), with the same data, budget and seeds as the full model, and 
 test frames: ΔAUC(g) = AUC(full) − AUC(without g), paired over frames, with a conversation-cluster bootstrap CI.
 An audio-only model (every group zeroed) bounds the whole face's contribution.
 
-Post-hoc zeroing (zero a group at evaluation only, on the full model) is also computed, because it is what many
-studies do, and always reported apart, labelled invalid: through an encoder that normalizes across all 61 channels
-(`layernorm`), zeroing three large per-clip-constant channels (head translation, tens of cm) rescales every other
-channel, so AUC drops although the group carries no information. The plan therefore also trains full models with
-each encoder of `posthoc_norms`, and retrains the groups of `retrain_check_groups` with them, so the report shows
-the artifact next to the retrained truth.
+Groups the model zeroes by default (`zero_groups`, e.g. head translation, a camera-setup constant) are already
+absent from the full model, so leaving one out changes nothing: its ΔAUC is 0 by construction, as in the paper. The
+plan instead retrains the full model *with* such a group added back (`with-<group>`), and reports that measured
+ΔAUC = AUC(with it) − AUC(full) beside the zero, so the default is checked rather than assumed.
+
+Post-hoc zeroing (zero a group at evaluation only, on a model trained with it) is also computed, because it is what
+many studies do, and always reported apart, labelled invalid: through an encoder that normalizes across all 61
+channels (`layernorm`), zeroing three large per-clip-constant channels (head translation, tens of cm) rescales
+every other channel, so AUC drops although the group carries no information. The plan therefore also trains full
+models with each encoder of `posthoc_norms` (and their `with-<group>` variants), and retrains the groups of
+`retrain_check_groups` with them, so the report shows the artifact next to the retrained truth.
 
 `plan` writes `plan.json` and `plan.txt` (one shell command per run, runnable from the study folder by a cluster job
 array as well as by `run`); `run` executes it locally N at a time, skipping finished runs and resuming interrupted
@@ -30,7 +35,7 @@ import numpy as np
 
 from faceturn.schema import GROUP_NAMES
 
-PLAN_FORMAT = "faceturn-attribution-plan/1"
+PLAN_FORMAT = "faceturn-attribution-plan/2"
 PRED_NAME = "pred-{split}.npz"  # inside each run folder; post-hoc files add `.posthoc-GROUP`
 
 
@@ -42,7 +47,7 @@ class AttributionConfig:
     seeds: tuple[int, ...] = (0,)  # k seeds per variant: mean ΔAUC, seed SD, CI over conversations and seeds
     audio_only: bool = True  # also a model with every group zeroed (no face at all)
     posthoc_norms: tuple[str, ...] = ("layernorm", "standardize")  # full models whose post-hoc zeroing is reported
-    retrain_check_groups: tuple[str, ...] = ("head_trans",)  # also retrained with each post-hoc-only encoder
+    retrain_check_groups: tuple[str, ...] = ("head_trans",)  # also retrained without, with each post-hoc-only encoder
     posthoc_seeds: int = 1  # the post-hoc (invalid) comparison uses the first N seeds: the artifact needs no more
     jobs: int = 2  # runs at a time for `attribute run` (each gets cores / jobs threads)
 
@@ -71,7 +76,7 @@ class PlannedRun:
     id: str  # "<corpus>/<variant>-s<seed>", also its folder under runs/
     corpus: str
     corpus_path: str
-    variant: str  # full | no-<group> | audio-only | full-<norm> | no-<group>-<norm>
+    variant: str  # full, no-<group>, with-<group>, audio-only; full-, no-, with-...-<norm> for other encoders
     seed: int
     face_norm: str
     zero_groups: tuple[str, ...]
@@ -81,18 +86,30 @@ class PlannedRun:
 
 
 def _variants(
-    cfg: AttributionConfig, main_norm: str, seed_index: int
+    cfg: AttributionConfig, main_norm: str, default_zero: tuple[str, ...], seed_index: int
 ) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
-    """(variant, face_norm, zero_groups, post-hoc groups) for one corpus and its `seed_index`-th seed."""
+    """(variant, face_norm, zero_groups, post-hoc groups) for one corpus and its `seed_index`-th seed.
+
+    The full model zeroes `default_zero` (the model config's `zero_groups`); `no-<g>` zeroes g as well, `with-<g>`
+    puts a default-zeroed g back. Post-hoc zeroing of a group runs on a model trained with that group present."""
     posthoc = seed_index < cfg.posthoc_seeds
-    out = [("full", main_norm, (), tuple(cfg.groups) if posthoc and main_norm in cfg.posthoc_norms else ())]
-    out += [(f"no-{g}", main_norm, (g,), ()) for g in cfg.groups]
+
+    def zero_set(add: Sequence[str] = (), drop: Sequence[str] = ()) -> tuple[str, ...]:
+        return tuple(g for g in GROUP_NAMES if (g in default_zero or g in add) and g not in drop)
+
+    present = tuple(g for g in cfg.groups if g not in default_zero)  # groups the full model sees
+    absent = tuple(g for g in cfg.groups if g in default_zero)
+    main_posthoc = posthoc and main_norm in cfg.posthoc_norms
+    out = [("full", main_norm, zero_set(), present if main_posthoc else ())]
+    out += [(f"no-{g}", main_norm, zero_set(add=[g]), ()) for g in present]
+    out += [(f"with-{g}", main_norm, zero_set(drop=[g]), (g,) if main_posthoc else ()) for g in absent]
     if cfg.audio_only:
         out.append(("audio-only", main_norm, GROUP_NAMES, ()))
     for norm in cfg.posthoc_norms if posthoc else ():
         if norm != main_norm:
-            out.append((f"full-{norm}", norm, (), tuple(cfg.groups)))
-            out += [(f"no-{g}-{norm}", norm, (g,), ()) for g in cfg.retrain_check_groups]
+            out.append((f"full-{norm}", norm, zero_set(), present))
+            out += [(f"no-{g}-{norm}", norm, zero_set(add=[g]), ()) for g in cfg.retrain_check_groups if g in present]
+            out += [(f"with-{g}-{norm}", norm, zero_set(drop=[g]), (g,)) for g in absent]
     return out
 
 
@@ -108,7 +125,8 @@ def plan_runs(study: Any, out_dir: Path, corpora: dict[str, Path]) -> list[Plann
 
     cfg: AttributionConfig = study.attribution
     base = load_train_config(study.aux.config, study.aux.overrides)
-    main_norm = resolve_model_config(base).face_norm
+    model_cfg = resolve_model_config(base)
+    main_norm, default_zero = model_cfg.face_norm, tuple(model_cfg.zero_groups)
     keep_model = [o for o in base.model.overrides if o.split("=", 1)[0].strip() not in ("zero_groups", "face_norm")]
     out_dir = Path(out_dir)
     plan_path = out_dir / "plan.json"
@@ -116,6 +134,11 @@ def plan_runs(study: Any, out_dir: Path, corpora: dict[str, Path]) -> list[Plann
                    "corpora": {k: str(Path(v).resolve()) for k, v in corpora.items()}}  # fmt: skip
     if plan_path.exists():
         old = json.loads(plan_path.read_text())
+        if old.get("format") != PLAN_FORMAT:
+            raise ValueError(
+                f"{plan_path}: a plan of format {old.get('format')!r} (an older faceturn); its runs differ from this "
+                f"version's ({PLAN_FORMAT}), so use a new --out folder"
+            )
         if old.get("fingerprint") != fingerprint:
             raise ValueError(
                 f"{plan_path}: this folder holds a plan for a different study configuration; use a new --out folder"
@@ -124,7 +147,7 @@ def plan_runs(study: Any, out_dir: Path, corpora: dict[str, Path]) -> list[Plann
     for name, path in corpora.items():
         corpus_path = str(Path(path).resolve())
         for seed_index, seed in enumerate(cfg.seeds):
-            for variant, norm, zero, posthoc in _variants(cfg, main_norm, seed_index):
+            for variant, norm, zero, posthoc in _variants(cfg, main_norm, default_zero, seed_index):
                 run_id = f"{name}/{variant}-s{seed}"
                 model_over = (*keep_model, f"zero_groups={json.dumps(list(zero))}", f'face_norm="{norm}"')
                 train_cfg = replace(base, seed=seed, data=replace(base.data, seed=seed),
@@ -154,7 +177,8 @@ def plan_runs(study: Any, out_dir: Path, corpora: dict[str, Path]) -> list[Plann
                 runs.append(PlannedRun(run_id, name, corpus_path, variant, seed, norm, zero, posthoc, cmd, outputs))
     atomic_write_json(
         plan_path,
-        {"format": PLAN_FORMAT, "fingerprint": fingerprint, "main_norm": main_norm, "split": study.split,
+        {"format": PLAN_FORMAT, "fingerprint": fingerprint, "main_norm": main_norm,
+         "default_zero_groups": list(default_zero), "split": study.split,
          "study": to_dict(study), "runs": [to_dict(r) for r in runs]},
     )  # fmt: skip
     header = [
@@ -266,43 +290,62 @@ def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = 
             out.append(loaded[rel])
         return out
 
+    default_zero = data["default_zero_groups"]
+
+    def trained(corpus: str, variant: str, expected: Sequence[str], reference: Any, only: list[int] | None = None):
+        """The variant's predictions, checked: same frames as `reference`, trained with exactly `expected` zeroed."""
+        out = preds(corpus, variant, only=only)
+        for p in out:
+            _scored(p, reference, f"{corpus} {variant}")
+            if sorted(p.meta["zero_groups"]) != sorted(expected) or not p.meta["valid"]:
+                raise ValueError(f"{corpus} {variant}: checkpoint zero_groups {p.meta['zero_groups']}, expected "
+                                 f"{sorted(expected)}")  # fmt: skip
+        return out
+
+    def with_without(corpus: str, g: str, suffix: str, ref: Any, only: list[int] | None = None) -> tuple[Any, Any]:
+        """(models trained with g present, the same retrained without g) for one encoder (`suffix` "" or "-norm")."""
+        full = trained(corpus, f"full{suffix}", default_zero, ref, only)
+        if g in default_zero:
+            return trained(corpus, f"with-{g}{suffix}", [z for z in default_zero if z != g], ref, only), full
+        return full, trained(corpus, f"no-{g}{suffix}", [*default_zero, g], ref, only)
+
     corpora = list(dict.fromkeys(r.corpus for r in runs))
     per_corpus: dict[str, Any] = {}
     for corpus in corpora:
-        full = preds(corpus, "full")
-        for p in full[1:]:
-            _scored(p, full[0], f"{corpus} full (seeds)")
-        block: dict[str, Any] = {"groups": {}}
+        ref = preds(corpus, "full")[0]
+        full = trained(corpus, "full", default_zero, ref)
+        block: dict[str, Any] = {"default_zero_groups": default_zero, "groups": {}}
         for g in att["groups"]:
-            other = preds(corpus, f"no-{g}")
-            for p in other:
-                _scored(p, full[0], f"{corpus} no-{g}")
-                if sorted(p.meta["zero_groups"]) != [g] or not p.meta["valid"]:
-                    raise ValueError(f"{corpus} no-{g}: checkpoint zero_groups {p.meta['zero_groups']}, expected [{g}]")
-            block["groups"][g] = {**_delta(full, other, n_resamples, seed), "method": "retrain", "valid": True}
-        first = block["groups"][att["groups"][0]]
-        block["full_auc"] = {"auc": first["reference_auc"], "ci": first["reference_ci"], "n_frames": first["n_frames"]}
+            present, absent = with_without(corpus, g, "", ref)
+            measured = {**_delta(present, absent, n_resamples, seed), "method": "retrain", "valid": True}
+            if g in default_zero:  # already absent from the full model: leaving it out changes nothing
+                block["groups"][g] = {"delta": 0.0, "delta_ci": [0.0, 0.0], "seed_sd": 0.0, "method": "retrain",
+                                      "valid": True, "zeroed_by_default": True, "added_back": measured}  # fmt: skip
+            else:
+                block["groups"][g] = {**measured, "zeroed_by_default": False}
         if att["audio_only"]:
-            other = preds(corpus, "audio-only")
-            for p in other:
-                _scored(p, full[0], f"{corpus} audio-only")
+            other = trained(corpus, "audio-only", GROUP_NAMES, ref)
             block["audio_only"] = {**_delta(full, other, n_resamples, seed), "method": "retrain", "valid": True}
+        auc = _delta(full, full, n_resamples, seed)  # only its reference side: the full model's AUC and CI
+        block["full_auc"] = {"auc": auc["reference_auc"], "ci": auc["reference_ci"], "n_frames": auc["n_frames"]}
         block["posthoc"] = {}
         for norm in att["posthoc_norms"]:  # on the first `posthoc_seeds` seeds, retrained column included
-            ref_variant = "full" if norm == main_norm else f"full-{norm}"
-            ref = preds(corpus, ref_variant, only=posthoc_seeds)
+            suffix = "" if norm == main_norm else f"-{norm}"
             rows: dict[str, Any] = {}
+            retrained: dict[str, Any] = {}
+            references: dict[str, str] = {}
             for g in att["groups"]:
-                other = preds(corpus, ref_variant, posthoc=g, only=posthoc_seeds)
+                present_variant = f"with-{g}{suffix}" if g in default_zero else f"full{suffix}"
+                present = preds(corpus, present_variant, only=posthoc_seeds)
+                other = preds(corpus, present_variant, posthoc=g, only=posthoc_seeds)
                 for p in other:
-                    _scored(p, ref[0], f"{corpus} {ref_variant} post hoc {g}")
-                rows[g] = {**_delta(ref, other, n_resamples, seed), "method": "posthoc",
+                    _scored(p, ref, f"{corpus} {present_variant} post hoc {g}")
+                rows[g] = {**_delta(present, other, n_resamples, seed), "method": "posthoc",
                            "valid": all(p.meta["valid"] for p in other)}  # fmt: skip
-            retrained = {}
-            for g in att["groups"] if norm == main_norm else att["retrain_check_groups"]:
-                variant = f"no-{g}" if norm == main_norm else f"no-{g}-{norm}"
-                retrained[g] = _delta(ref, preds(corpus, variant, only=posthoc_seeds), n_resamples, seed)
-            block["posthoc"][norm] = {"reference": ref_variant, "seeds": posthoc_seeds, "groups": rows,
+                references[g] = present_variant
+                if norm == main_norm or g in default_zero or g in att["retrain_check_groups"]:
+                    retrained[g] = _delta(*with_without(corpus, g, suffix, ref, posthoc_seeds), n_resamples, seed)
+            block["posthoc"][norm] = {"reference": references, "seeds": posthoc_seeds, "groups": rows,
                                       "retrained": retrained}  # fmt: skip
         per_corpus[corpus] = block
     summary = _cross_corpus(per_corpus, att["groups"])
@@ -310,6 +353,7 @@ def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = 
         "format": "faceturn-attribution-results/1",
         "split": split,
         "main_norm": main_norm,
+        "default_zero_groups": default_zero,
         "n_resamples": n_resamples,
         "seed": seed,
         "seeds": seeds,
@@ -325,17 +369,23 @@ def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = 
 
 
 def _cross_corpus(per_corpus: dict[str, Any], groups: Sequence[str]) -> dict[str, Any]:
-    """Rank groups per corpus; robust = CI excludes zero on every corpus; corpus-dependent = on some, not all."""
+    """Rank groups per corpus; robust = CI above zero on every corpus; corpus-dependent = on some, not all. A group
+    zeroed by default is read from its added-back model: does putting it back help anywhere?"""
     ranks = {
         c: [g for g, _ in sorted(b["groups"].items(), key=lambda kv: -kv[1]["delta"])] for c, b in per_corpus.items()
     }
     reading = {}
     for g in groups:
-        sig = {c: _excludes_zero(b["groups"][g]) and b["groups"][g]["delta"] > 0 for c, b in per_corpus.items()}
-        if all(sig.values()):
+        default = any(b["groups"][g]["zeroed_by_default"] for b in per_corpus.values())
+        blocks = {c: b["groups"][g]["added_back"] if default else b["groups"][g] for c, b in per_corpus.items()}
+        sig = {c: _excludes_zero(x) and x["delta"] > 0 for c, x in blocks.items()}
+        where = ", ".join(c for c, v in sig.items() if v)
+        if default:
+            reading[g] = f"zeroed by default; adding it back helps on {where}" if where else (
+                "zeroed by default; adding it back does not help")  # fmt: skip
+        elif all(sig.values()):
             reading[g] = "robust"
-        elif any(sig.values()):
-            where = ", ".join(c for c, v in sig.items() if v)
+        elif where:
             reading[g] = f"corpus-dependent (used on {where} only)"
         else:
             reading[g] = "no detectable effect"
@@ -348,10 +398,20 @@ def _ci(block: dict[str, Any]) -> str:
     return f"{block['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]{sd}"
 
 
-def format_attribution(res: dict[str, Any]) -> str:
-    """Markdown: the group × corpus table with a reading column, then the labelled-invalid post-hoc tables."""
+def _group_cell(block: dict[str, Any]) -> str:
+    if block.get("zeroed_by_default"):
+        return f"0 (zeroed by default); added back: {_ci(block['added_back'])}"
+    return _ci(block)
+
+
+def format_attribution(res: dict[str, Any], part: str = "all") -> str:
+    """Markdown: the group × corpus table with a reading column (`part` "retrain"), then the labelled-invalid
+    post-hoc tables (`part` "posthoc"); "all" gives both."""
+    if part not in ("all", "retrain", "posthoc"):
+        raise ValueError(f"part must be all, retrain or posthoc, got {part!r}")
     corpora = list(res["corpora"])
     groups = list(res["summary"]["reading"])
+    default = res.get("default_zero_groups", [])
     lines = [
         f"Leave-one-group-out by retraining ({res['main_norm']} face encoder): ΔAUC = AUC(full) − AUC(group "
         f"zeroed at train and eval), paired over identical {res['split']} frames; 95% CIs from {res['n_resamples']} "
@@ -362,13 +422,20 @@ def format_attribution(res: dict[str, Any]) -> str:
             else "With one training seed the CIs cover the test conversations only, not training noise (two seeds "
             "of the same model typically differ by a few thousandths of AUC): read |ΔAUC| of that size with care, or "
             "plan k > 1 seeds."
+        )
+        + (
+            f" The full model zeroes {', '.join(default)} by default (the model config's `zero_groups`), so leaving "
+            "it out changes nothing (0 by construction); the model retrained with it added back gives the measured "
+            "ΔAUC = AUC(with it) − AUC(full)."
+            if default
+            else ""
         ),
         "",
         "| group | " + " | ".join(corpora) + " | reading |",
         "|---|" + "---|" * len(corpora) + "---|",
     ]
     for g in groups:
-        cells = [_ci(res["corpora"][c]["groups"][g]) for c in corpora]
+        cells = [_group_cell(res["corpora"][c]["groups"][g]) for c in corpora]
         lines.append(f"| {g} | " + " | ".join(cells) + f" | {res['summary']['reading'][g]} |")
     if all("audio_only" in res["corpora"][c] for c in corpora):
         cells = [_ci(res["corpora"][c]["audio_only"]) for c in corpora]
@@ -378,16 +445,19 @@ def format_attribution(res: dict[str, Any]) -> str:
     lines += ["", "Ranking per corpus: " + "; ".join(f"{c}: {' > '.join(r)}" for c, r in
                                                      res["summary"]["ranking"].items())]  # fmt: skip
     lines += ["", _verdict_sentences(res)]
-    for norm in next(iter(res["corpora"].values()))["posthoc"]:
-        lines += [
+    retrain, posthoc = lines, []
+    first = next(iter(res["corpora"].values()))
+    for norm in first["posthoc"]:
+        posthoc += [
             "",
-            f"### INVALID — post-hoc zeroing, {norm} encoder, training seeds "
-            f"{next(iter(res['corpora'].values()))['posthoc'][norm]['seeds']} (for comparison only)",
+            f"### INVALID — post-hoc zeroing, {norm} encoder, training seeds {first['posthoc'][norm]['seeds']} (for "
+            "comparison only)",
             "",
             "These models were trained with the group present and evaluated with it zeroed (`valid: false`): the "
             "drop mixes what the group tells the model with the shock of an input never seen in training. With a "
             "`layernorm` encoder, zeroing a few large channels rescales all the others, so a group that carries no "
-            "information can show a large drop. Read the retrained column instead.",
+            "information can show a large drop. Read the retrained column instead: AUC(trained with the group) − "
+            "AUC(retrained without it).",
             "",
             "| group | " + " | ".join(f"{c} post hoc | {c} retrained" for c in corpora) + " |",
             "|---|" + "---|---|" * len(corpora),
@@ -398,8 +468,12 @@ def format_attribution(res: dict[str, Any]) -> str:
                 b = res["corpora"][c]["posthoc"][norm]
                 cells.append(_ci(b["groups"][g]) + ("" if b["groups"][g]["valid"] else " (invalid)"))
                 cells.append(_ci(b["retrained"][g]) if g in b["retrained"] else "—")
-            lines.append(f"| {g} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            posthoc.append(f"| {g} | " + " | ".join(cells) + " |")
+    if part == "retrain":
+        return "\n".join(retrain)
+    if part == "posthoc":
+        return "\n".join(posthoc[1:])
+    return "\n".join(retrain + posthoc)
 
 
 def _verdict_sentences(res: dict[str, Any]) -> str:
@@ -407,9 +481,13 @@ def _verdict_sentences(res: dict[str, Any]) -> str:
     robust = [g for g, r in reading.items() if r == "robust"]
     dependent = [g for g, r in reading.items() if r.startswith("corpus-dependent")]
     none = [g for g, r in reading.items() if r == "no detectable effect"]
+    default = {g: r for g, r in reading.items() if r.startswith("zeroed by default")}
     top = "; ".join(f"on {c} the largest ΔAUC is {r[0]}" for c, r in res["summary"]["ranking"].items())
     return (
         f"Reading: {top}. Robust across corpora (CI above zero on every corpus): {', '.join(robust) or 'none'}. "
         f"Corpus-dependent: {', '.join(dependent) or 'none'}. No detectable effect on any corpus: "
         f"{', '.join(none) or 'none'}."
+        + "".join(
+            f" {g}: {r.removeprefix('zeroed by default; ')} (it is zeroed by default)." for g, r in default.items()
+        )
     )
