@@ -31,7 +31,7 @@ import torch
 
 from faceturn import checkpoint as ckpt_io
 from faceturn import dist
-from faceturn.config import ConfigError, config_names, load_toml, named_or_path, to_dict
+from faceturn.config import ConfigError, load_toml, named_or_path, to_dict
 from faceturn.data import (
     DataConfig,
     WindowDataset,
@@ -141,10 +141,6 @@ RESUMABLE_CHANGES = (
     "train.data.val_max_windows",
     "train.activation_checkpointing",
 )
-
-
-def named_train_configs() -> list[str]:
-    return config_names(CONFIG_DIR)
 
 
 def load_train_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
