@@ -21,12 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _cell(block: dict) -> str:
-    """A group's ΔAUC with its CI; a group zeroed by default is 0 by construction, so its added-back model is shown."""
-    if block.get("zeroed_by_default"):
-        return "0, added back " + _cell(block["added_back"])
-    return f"{block['delta']:+.3f} [{block['delta_ci'][0]:+.3f}, {block['delta_ci'][1]:+.3f}]"
+from faceturn.eval.attribution import group_cell
 
 
 def main() -> None:
@@ -64,7 +59,7 @@ def main() -> None:
     print(f"  {'total':32s} {total:7.1f} s = {total / 60:.2f} min (target <= 8 min); "
           f"{phases['run'] * args.jobs / n_runs:.1f} s per run per slot")  # fmt: skip
     for g, reading in results["summary"]["reading"].items():
-        cells = ", ".join(f"{c} {_cell(b['groups'][g])}" for c, b in results["corpora"].items())
+        cells = ", ".join(f"{c} {group_cell(b['groups'][g])}" for c, b in results["corpora"].items())
         print(f"  {g:11s} {cells}: {reading}")
     if args.out is None and not args.keep:
         shutil.rmtree(out.parent)

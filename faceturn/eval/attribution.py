@@ -398,7 +398,8 @@ def _ci(block: dict[str, Any]) -> str:
     return f"{block['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]{sd}"
 
 
-def _group_cell(block: dict[str, Any]) -> str:
+def group_cell(block: dict[str, Any]) -> str:
+    """One group's ΔAUC as the tables show it; a group zeroed by default: its 0 and the added-back measurement."""
     if block.get("zeroed_by_default"):
         return f"0 (zeroed by default); added back: {_ci(block['added_back'])}"
     return _ci(block)
@@ -435,7 +436,7 @@ def format_attribution(res: dict[str, Any], part: str = "all") -> str:
         "|---|" + "---|" * len(corpora) + "---|",
     ]
     for g in groups:
-        cells = [_group_cell(res["corpora"][c]["groups"][g]) for c in corpora]
+        cells = [group_cell(res["corpora"][c]["groups"][g]) for c in corpora]
         lines.append(f"| {g} | " + " | ".join(cells) + f" | {res['summary']['reading'][g]} |")
     if all("audio_only" in res["corpora"][c] for c in corpora):
         cells = [_ci(res["corpora"][c]["audio_only"]) for c in corpora]
