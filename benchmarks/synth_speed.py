@@ -5,7 +5,7 @@ Generates N conversations of a preset into a temporary folder (store files, mani
 conversation per minute, for tokens and faces only and, separately, with waveforms. Wall time depends on what else
 runs on the machine, so the CPU time of the run is printed too.
 
-    python benchmarks/synth_speed.py [--preset tight --conversations 200 --workers 2 --audio-conversations 20]
+    python benchmarks/synth_speed.py [--preset tight --conversations 200 --jobs 2 --audio-conversations 20]
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import resource
 import tempfile
 import time
 
+from faceturn.synth import generate_corpus, load_preset
+
 
 def _cpu_s() -> float:
     """User + system CPU seconds of this process and its finished children (the workers)."""
@@ -24,8 +26,6 @@ def _cpu_s() -> float:
 
 
 def measure(preset: str, n: int, workers: int, audio: bool) -> None:
-    from faceturn.synth import generate_corpus, load_preset
-
     cfg = load_preset(preset)
     with tempfile.TemporaryDirectory() as out:
         wall0, cpu0 = time.perf_counter(), _cpu_s()
@@ -43,13 +43,11 @@ def main() -> None:
     parser.add_argument("--preset", default="tight")
     parser.add_argument("--conversations", type=int, default=200)
     parser.add_argument("--audio-conversations", type=int, default=20, help="0 skips the waveform measurement")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="generating processes")
     args = parser.parse_args()
-    import scipy.signal  # noqa: F401  (a one-off import of ~2 s that is not generation time)
-
-    measure(args.preset, args.conversations, args.workers, audio=False)
+    measure(args.preset, args.conversations, args.jobs, audio=False)
     if args.audio_conversations:
-        measure(args.preset, args.audio_conversations, args.workers, audio=True)
+        measure(args.preset, args.audio_conversations, args.jobs, audio=True)
 
 
 if __name__ == "__main__":

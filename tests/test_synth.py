@@ -9,11 +9,13 @@ import pytest
 
 from faceturn import synth
 from faceturn.cli import main
-from faceturn.commands.inspect import corpus_statistics, floor_transfer_offsets_s
-from faceturn.config import ConfigError, from_dict
+from faceturn.config import from_dict, to_dict
+from faceturn.errors import ConfigError, CorpusError
+from faceturn.eval.corpus import corpus_statistics, floor_transfer_offsets_s
 from faceturn.labels import turn_labels
 from faceturn.schema import CHANNEL_INDEX, CODEBOOK_SIZE, FACE_GROUPS, N_CODEBOOKS
-from faceturn.store import Corpus, CorpusError
+from faceturn.store import Corpus
+from faceturn.synth.audio import _ACOUSTIC_MULT
 from faceturn.timebase import FRAME_S, mask_to_runs, time_to_frame
 
 SHORT = ("floor.duration_min_s=25.0", "floor.duration_max_s=35.0")  # small conversations for file-level tests
@@ -32,7 +34,7 @@ def test_presets_load_complete_and_typed(name):
     cfg = synth.load_preset(name)
     assert cfg.name == name and cfg.framing.name == name
     assert synth.load_preset(synth.preset_path(name)) == cfg  # by path, too
-    assert from_dict(synth.SynthConfig, synth.to_dict(cfg)) == cfg  # the JSON form rebuilds the same config
+    assert from_dict(synth.SynthConfig, to_dict(cfg)) == cfg  # the JSON form rebuilds the same config
 
 
 def test_set_overrides_are_type_checked():
@@ -107,7 +109,7 @@ def test_conversation_is_a_pure_function_and_streams_are_independent():
 def test_truth_json_records_the_planted_truth(tmp_path):
     cfg = synth.load_preset("wide", SHORT)
     assert main(["synth", "--preset", "wide", "--conversations", "2", "--seed", "9", "--out", str(tmp_path),
-                 "--quiet", *(a for s in SHORT for a in ("--set", s))]) == 0  # fmt: skip
+                 "--no-progress", *(a for s in SHORT for a in ("--set", s))]) == 0  # fmt: skip
     truth = json.loads((tmp_path / "truth.json").read_text())
     assert truth["preset"] == "wide" and truth["seed"] == 9 and truth["conversations"] == 2
     assert truth["audio_cue_reliability"] == cfg.audio.cue_reliability
@@ -120,7 +122,7 @@ def test_truth_json_records_the_planted_truth(tmp_path):
     for g in ("eye_gaze", "head_rot", "jaw_mouth"):
         assert groups[g]["cue_strength"] > 0
     assert groups["eye_gaze"]["observation_noise_sd"] == cfg.framing.eye_gaze.noise_sd
-    tight = synth.truth(synth.load_preset("tight"), 0, 1)["groups"]
+    tight = synth.corpus_truth(synth.load_preset("tight"), 0, 1)["groups"]
     assert groups["eye_gaze"]["observation_noise_sd"] > 4 * tight["eye_gaze"]["observation_noise_sd"]
     assert groups["eye_gaze"]["observation_gain"] < tight["eye_gaze"]["observation_gain"]
 
@@ -205,7 +207,7 @@ def test_tokens_carry_speech_silence_and_the_planted_prosody():
         for q in range(1, N_CODEBOOKS):
             voice = np.array([synth.participant_traits(cfg, 2, int(pid.rsplit("p", 1)[1])).voice[q]
                               for pid in sc.participants])  # fmt: skip
-            jitter = (sc.codes[:, q] - synth._ACOUSTIC_MULT[q] * c0 - voice[:, None]) % CODEBOOK_SIZE
+            jitter = (sc.codes[:, q] - _ACOUSTIC_MULT[q] * c0 - voice[:, None]) % CODEBOOK_SIZE
             assert jitter.max() < ac.acoustic_spread * q
     assert n_cued / n_cue_windows > 0.95  # 5 frames at 75 % each: a cue window almost always shows a cue token
 
@@ -276,7 +278,7 @@ def test_waveforms_are_voiced_where_va_is_and_fall_in_pitch_at_cued_turn_ends(tm
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# the study's cross-corpus pattern (DESIGN §1 step 1, with the toolkit's own probe)
+# the study's cross-corpus pattern: gaze is seen through tight framing, not wide (with the toolkit's own probe)
 
 
 @pytest.fixture(scope="module")
