@@ -45,7 +45,7 @@ def main() -> None:
         ("collect", [*faceturn, "collect", str(out)]),
     ):
         t0 = time.perf_counter()
-        subprocess.run([*cmd, "--quiet"] if name != "collect" else cmd, check=True, env=env,
+        subprocess.run([*cmd, "--no-progress"] if name != "collect" else cmd, check=True, env=env,
                        stdout=subprocess.DEVNULL)  # fmt: skip
         phases[name] = time.perf_counter() - t0
     plan = json.loads((out / "plan.json").read_text())

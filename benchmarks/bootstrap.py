@@ -1,5 +1,5 @@
-"""DESIGN §11 target: paired cluster bootstrap of 1 M frames, 2,000 conversations, 10,000 resamples in ≤ 20 s on
-2 cores, and ≥ 100× faster than a per-resample scikit-learn loop on the same data.
+"""Target (docs/design.md, "Targets"): paired cluster bootstrap of 1 M frames, 2,000 conversations, 10,000 resamples
+in ≤ 20 s on 2 cores, and ≥ 100× faster than a per-resample scikit-learn loop on the same data.
 
 The naive loop (draw conversations with replacement, gather their frames, call `sklearn.metrics.roc_auc_score` for
 both conditions) is timed on a few resamples in the same run and extrapolated linearly to the full count; the output
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from faceturn.eval.stats import paired_cluster_bootstrap
+from faceturn.stats import paired_cluster_bootstrap
 
 
 def make_data(n_frames: int, n_conversations: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from faceturn.eval.stats import frame_bootstrap, paired_cluster_bootstrap, roc_auc
+from faceturn.stats import frame_bootstrap, paired_cluster_bootstrap, roc_auc
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ One measured frame = one `step_batch` call for all streams (listen: P(yield) onl
 (talk: the model also draws its own text and 8 audio codebooks, greedy), with input checks and the copy of the result
 to the CPU included, as a caller sees it. The models are randomly initialised (latency does not depend on the
 weights). The KV cache is a fixed ring of `context` slots that every frame attends over (masked while filling), so
-the cost per frame is the same from the first frame on; the first `--warmup` frames are not measured anyway. DESIGN
-§11's target is the listen row of `small`, one stream, 2 CPU threads: p99 <= 15 ms. On a CUDA machine the same rows
+the cost per frame is the same from the first frame on; the first `--warmup` frames are not measured anyway. The
+target is the listen row of `small`, one stream, 2 CPU threads: p99 <= 15 ms. On a CUDA machine the same rows
 are measured on the GPU too (each frame ends with a device sync, through the copy of P(yield) to the CPU).
 """
 

@@ -1,7 +1,9 @@
 """The `faceturn` command. Each subcommand lives in its own module and is imported only when it runs.
 
-A subcommand module defines `add_arguments(parser)` and `run(args) -> int` (the exit status). Bad input ends with
-a one-line error and exit status 2; set FACETURN_DEBUG=1 for the traceback.
+A subcommand module defines `add_arguments(parser)` and `run(args) -> int` (the exit status); arguments that several
+share come from `faceturn.commands._args`. Errors are handled here, once: a `FaceturnError` (bad input or state) or
+an OSError on a file ends with one line, `faceturn COMMAND: error: MESSAGE`, and exit status 2; anything else is a
+bug and keeps its traceback. Set FACETURN_DEBUG=1 for the traceback of every error.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ import argparse
 import importlib
 import os
 import sys
+
+from faceturn import __version__
+from faceturn.errors import FaceturnError
 
 # name -> (module, one-line help). Order is the order shown by `faceturn --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -38,8 +43,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(load: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only the subcommand named in `load` gets its full arguments (lazy imports)."""
     parser = argparse.ArgumentParser(prog="faceturn", description=__doc__.splitlines()[0])
-    from faceturn import __version__
-
     parser.add_argument("--version", action="version", version=f"faceturn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -57,14 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from faceturn.config import ConfigError
-    from faceturn.schema import SchemaError
-    from faceturn.store import CorpusError
-
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
-    except (ConfigError, SchemaError, CorpusError, ValueError) as e:  # bad input: a clear message, not a traceback
+    except FaceturnError as e:  # bad input or state: the message names the file or key and the problem
         if os.environ.get("FACETURN_DEBUG"):
             raise
-        print(f"faceturn {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _error(args.command, str(e))
+    except OSError as e:
+        if e.filename is None or os.environ.get("FACETURN_DEBUG"):
+            raise  # not about a file the user named: a bug or the system
+        where = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+        return _error(args.command, f"{where}: {e.strerror or e}")
+
+
+def _error(command: str, message: str) -> int:
+    print(f"faceturn {command}: error: {message}", file=sys.stderr)
+    return 2

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
+from faceturn.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -36,11 +38,11 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but CUDA is not available")
+            raise ConfigError("device 'cuda' requested but CUDA is not available")
         return torch.device("cuda", local_rank)
     if device == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

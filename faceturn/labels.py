@@ -1,5 +1,5 @@
 """Turn labels from voice activity: IPUs, backchannels, the floor holder, hand-overs, the turn-yield target and the
-VAP-compatible events (DESIGN §3, reference/anchors.md §3.1).
+VAP-compatible events (the shift/hold, S-pred and backchannel events of VAP's evaluation).
 
 Everything is a pure numpy function of `va` [2, T] (fraction of each 12.5 Hz frame voiced), so label definitions can
 change without re-preparing a corpus. Every seconds→frames conversion goes through `faceturn.timebase` (ceil rule):
@@ -10,12 +10,12 @@ IPU of < 13 frames (≤ 0.96 s): on the 80 ms grid both read exactly as the word
 Offline definitions (`floor`, `ipus`, `backchannel`, `shift_frames`, VAP events) look ahead by design, as VAP's
 post-conditions do: whether a short IPU is a backchannel is known only once someone speaks after it.
 
-**The turn-yield target is judged at the horizon.** DESIGN §3 defines y[k] = 1 iff a hand-over frame lies in
-(k, k + H]. Read literally with the offline floor, y[k] would depend on frames long after k + H (a short IPU at
-k + H is a backchannel or a turn depending on who speaks next), so a model trained on it is asked to foresee the
-unforeseeable, and the causality property the issue asks for cannot hold. Here DESIGN is wrong and the code does
-better: y[k] and m[k] are what the offline labeler says when run on the prefix `va[:, :k+H+1]`, i.e. *as if the
-conversation ended at frame k + H*. At the end of a prefix this reads as:
+**The turn-yield target is judged at the horizon.** The literal target is y[k] = 1 iff a hand-over frame lies in
+(k, k + H]. Read with the offline floor, that y[k] would depend on frames long after k + H (a short IPU at k + H is
+a backchannel or a turn depending on who speaks next), so a model trained on it would be asked to foresee the
+unforeseeable, and y[k] would not be a function of the frames up to k + H. Instead, y[k] and m[k] are what the
+offline labeler says when run on the prefix `va[:, :k+H+1]`, i.e. *as if the conversation ended at frame k + H*.
+At the end of a prefix this reads as:
   - the holder's unfinished pause is a pause (not yet filled): a pause may still turn out shorter than `ipu_gap_s`;
   - an unfinished IPU of the non-holder, or a finished short one nobody has spoken after, is not a backchannel, so
     once it speaks alone it has taken the floor.
@@ -25,7 +25,7 @@ treating a fresh pause of the holder as continuing speech, delays every hand-ove
 than `bc_max_s`, backchannels overlapping the holder's speech, holder pauses not bridged by the other's speech), and
 errs only where nobody can know yet: a backchannel spoken into the holder's pause, or a holder pause shorter than
 `ipu_gap_s` during the other's speech, reads as a hand-over until it is resolved, which sets y on at most H frames.
-`TurnLabels.offline_y()` gives the literal DESIGN target for comparison.
+`TurnLabels.offline_y()` gives the literal target for comparison.
 
 Computing y by labeling each prefix would cost O(T²). Instead the offline pass records, for each IPU, the prefix
 length from which its decision is final (its data horizon); the labeling of a prefix is the offline one up to the
@@ -43,6 +43,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from faceturn.errors import ConfigError
 from faceturn.timebase import duration_to_frames, frames_to_seconds, mask_to_runs
 
 # Decision for one IPU in the floor pass.
@@ -62,7 +63,7 @@ class EventConfig:
     ipu_gap_s: float = 0.2  # a speaker's own gaps shorter than this are filled (IPU = run after filling)
     bc_max_s: float = 1.0  # a backchannel is an IPU no longer than this
     horizon_s: float = 1.0  # H: y[k] = 1 iff a hand-over lies in (k, k + H]
-    # VAP-compatible events (anchors §3.1, VAP newMaster EventConfig)
+    # VAP-compatible events (the defaults of VAP's EventConfig, newMaster branch)
     vap_min_silence_s: float = 0.25  # shift/hold silence at least metric_time + metric_pad
     vap_pre_solo_s: float = 1.0  # only the previous speaker active this long before the silence
     vap_post_solo_s: float = 1.0  # only the next speaker active this long after its onset
@@ -75,7 +76,7 @@ class EventConfig:
 
     def __post_init__(self) -> None:
         if not (0.0 < self.voiced_min_fraction <= 1.0):
-            raise ValueError(f"voiced_min_fraction must be in (0, 1], got {self.voiced_min_fraction!r}")
+            raise ConfigError(f"voiced_min_fraction must be in (0, 1], got {self.voiced_min_fraction!r}")
         for name in (
             "ipu_gap_s",
             "bc_max_s",
@@ -90,14 +91,14 @@ class EventConfig:
         ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite duration >= 0 s, got {value!r}")
+                raise ConfigError(f"{name} must be a finite duration >= 0 s, got {value!r}")
         if self.horizon_frames < 1:
-            raise ValueError(f"horizon_s must cover at least one frame, got {self.horizon_s!r}")
+            raise ConfigError(f"horizon_s must cover at least one frame, got {self.horizon_s!r}")
         if self.balance_seed < 0:
-            raise ValueError(f"balance_seed must be >= 0, got {self.balance_seed!r}")
+            raise ConfigError(f"balance_seed must be >= 0, got {self.balance_seed!r}")
         bins = tuple(float(b) for b in self.silence_bins_s)
         if not bins or bins[0] != 0.0 or any(b1 <= b0 for b0, b1 in pairwise(bins)):
-            raise ValueError(f"silence_bins_s must start at 0.0 and increase strictly, got {self.silence_bins_s!r}")
+            raise ConfigError(f"silence_bins_s must start at 0.0 and increase strictly, got {self.silence_bins_s!r}")
         object.__setattr__(self, "silence_bins_s", bins)
 
     @property
@@ -146,7 +147,7 @@ _DEFAULT_CONFIG = EventConfig()
 
 @dataclass
 class VapEvents:
-    """VAP-convention events of one conversation (anchors §3.1), as parallel arrays.
+    """VAP-convention events of one conversation, as parallel arrays.
 
     Shift/hold events sit at silences between two single-speaker stretches; `balanced` keeps every shift and a seeded
     subsample of the holds of equal size (all holds if there are fewer). The S-pred region of event i is
@@ -207,7 +208,7 @@ class TurnLabels:
         return np.where(self.floor < 0, -1, (self.floor == self_speaker).astype(np.int8)).astype(np.int8)
 
     def offline_y(self) -> np.ndarray:
-        """The literal DESIGN target (hand-over in (k, k + H] of the offline floor), for comparison with `y`."""
+        """The literal target (hand-over in (k, k + H] of the offline floor), for comparison with `y`."""
         return _window_targets(self.shift_frames, self.n_frames, self.config.horizon_frames)
 
 

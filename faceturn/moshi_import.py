@@ -1,4 +1,4 @@
-"""Import kyutai's Moshi weights (moshi 0.2.13 `LMModel`, reference/moshi.md §1.6) into a faceturn run folder.
+"""Import kyutai's Moshi weights (the `LMModel` of the `moshi` package, 0.2.13) into a faceturn run folder.
 
 faceturn's model keeps kyutai's runtime parameter names, so the mapping is the identity except for the legacy fused
 attention layout that released checkpoints use: `…self_attn.in_proj_weight` (or `in_proj.weight`) of shape
@@ -22,9 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from faceturn import checkpoint as ckpt_io
+from faceturn.config import apply_overrides
+from faceturn.errors import CheckpointError, ConfigError, RunDirError
+from faceturn.io import atomic_write_json
 from faceturn.model import Model, ModelConfig, from_config, load_model_config
+from faceturn.recipe import TrainConfig, resolved_config
+from faceturn.train import build_optimizer
 
 BASE_CONFIG = "moshi-7b"  # the named model config whose shape is kyutai's released one
 NEW_PART_FIELDS = ("face_norm", "zero_groups", "face_hidden", "yield_hidden")  # what `--set` may change on import
@@ -43,7 +50,6 @@ _SHAPE_KEYS = {
     "delays": "delays",
     "depformer_dim": "depformer_dim",
 }
-_REQUIRED = object()
 # kwargs faceturn implements only at one value: (that value, kyutai's default when the key is absent). An absent key
 # whose kyutai default differs is an error, because kyutai would then build another architecture.
 _FIXED: dict[str, tuple[Any, Any]] = {
@@ -87,30 +93,29 @@ _LEGACY_ATTN = re.compile(r"(?P<prefix>.*\.self_attn\.)(?P<name>in_proj_weight|i
 def model_config_from_kyutai(kwargs: Mapping[str, Any], source: str, overrides: Iterable[str] = ()) -> ModelConfig:
     """kyutai's LM kwargs (its config.json) → our ModelConfig: the shape from kyutai, the new parts from moshi-7b.toml
     plus `overrides` (only NEW_PART_FIELDS), `face_zero_init` always on. Unsupported options raise, naming the key."""
-    from faceturn.config import apply_overrides
-
     if not isinstance(kwargs, Mapping):
-        raise ValueError(f"{source}: expected a JSON object of LMModel kwargs")
+        raise ConfigError(f"{source}: expected a JSON object of LMModel kwargs")
     unknown = sorted(set(kwargs) - set(_SHAPE_KEYS) - set(_FIXED) - _IGNORED - {k for k in kwargs if _is_dep(k)})
     if unknown:
-        raise ValueError(f"{source}: unknown LMModel option(s) {unknown}; faceturn cannot tell what they change")
+        raise ConfigError(f"{source}: unknown LMModel option(s) {unknown}; faceturn cannot tell what they change")
     for key, (supported, default) in _FIXED.items():
         value = kwargs.get(key, default)
         if value != supported:
             given = f"{value!r}" if key in kwargs else f"absent (kyutai's default {default!r})"
-            raise ValueError(f"{source}: {key} is {given}; faceturn's model implements only {supported!r}")
+            raise ConfigError(f"{source}: {key} is {given}; faceturn's model implements only {supported!r}")
     missing = [k for k in _SHAPE_KEYS if k not in kwargs]
     if missing:
-        raise ValueError(f"{source}: missing LMModel option(s) {missing}")
+        raise ConfigError(f"{source}: missing LMModel option(s) {missing}")
     if kwargs["context"] is None:
-        raise ValueError(f"{source}: context is null (unlimited); faceturn needs a context in frames")
+        raise ConfigError(f"{source}: context is null (unlimited); faceturn needs a context in frames")
     shape = {field: kwargs[key] for key, field in _SHAPE_KEYS.items()}
     shape["delays"] = tuple(shape["delays"])
     # The depformer inherits the main transformer's option unless a depformer_ key overrides it (as kyutai does).
     for sub in ("gating", "layer_scale", "kv_repeat"):
         dep = kwargs.get(f"depformer_{sub}", kwargs.get(sub, _FIXED[sub][1]))
         if dep != _FIXED[sub][0]:
-            raise ValueError(f"{source}: the depformer's {sub} is {dep!r}; faceturn implements only {_FIXED[sub][0]!r}")
+            supported = _FIXED[sub][0]
+            raise ConfigError(f"{source}: the depformer's {sub} is {dep!r}; faceturn implements only {supported!r}")
     shape["depformer_num_heads"] = kwargs.get("depformer_num_heads", kwargs["num_heads"])
     shape["depformer_num_layers"] = kwargs.get("depformer_num_layers", kwargs["num_layers"])
     dim_ff = kwargs.get("depformer_dim_feedforward")
@@ -118,14 +123,14 @@ def model_config_from_kyutai(kwargs: Mapping[str, Any], source: str, overrides: 
         int(kwargs["hidden_scale"] * kwargs["depformer_dim"]) if dim_ff is None else dim_ff
     )
     if not isinstance(shape["depformer_dim_feedforward"], int):
-        raise ValueError(f"{source}: depformer_dim_feedforward must be one integer, got {dim_ff!r}")
+        raise ConfigError(f"{source}: depformer_dim_feedforward must be one integer, got {dim_ff!r}")
     bad = [o.split("=", 1)[0].strip() for o in overrides if o.split("=", 1)[0].strip() not in NEW_PART_FIELDS]
     if bad:
-        raise ValueError(f"cannot override {bad} on import: only the new parts' {list(NEW_PART_FIELDS)} are free")
+        raise ConfigError(f"cannot override {bad} on import: only the new parts' {list(NEW_PART_FIELDS)} are free")
     try:
         cfg = dataclasses.replace(load_model_config(BASE_CONFIG), **shape, face_zero_init=True)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: {e}") from None
+        raise ConfigError(f"{source}: {e}") from None
     return apply_overrides(cfg, overrides)
 
 
@@ -159,7 +164,7 @@ def _split_legacy(name: str, tensor: Tensor, steps_of: Mapping[str, int]) -> dic
     if steps is None:
         return {name: tensor}  # reported as unexpected by the caller
     if tensor.dim() != 2 or tensor.shape[0] % steps:
-        raise ValueError(f"{name}: shape {list(tensor.shape)} does not split into {steps} per-step weights")
+        raise CheckpointError(f"{name}: shape {list(tensor.shape)} does not split into {steps} per-step weights")
     parts = tensor.view(steps, -1, tensor.shape[1])  # step-major: part k is step k's (q;k;v) or output block
     return {f"{prefix}{kind}.{k}.weight": w.clone() if steps > 1 else w for k, w in enumerate(parts)}
 
@@ -181,14 +186,14 @@ def map_state_dict(tensors: Iterable[tuple[str, Tensor]], model: Model, source: 
                 unexpected.append(name)
                 continue
             if tuple(value.shape) != tuple(expected[key]):
-                raise ValueError(
+                raise CheckpointError(
                     f"{source}: {name} has shape {list(value.shape)}, the model expects {list(expected[key])} for "
                     f"{key} (is --config the checkpoint's config.json?)"
                 )
             out[key] = value
     missing = sorted(set(expected) - set(out))
     if unexpected or missing:
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: weights do not fit a Moshi LMModel of this shape: unexpected {sorted(set(unexpected))[:6]}, "
             f"missing {missing[:6]}" + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else "")
         )
@@ -197,8 +202,6 @@ def map_state_dict(tensors: Iterable[tuple[str, Tensor]], model: Model, source: 
 
 def _read_tensors(path: Path, dtype: torch.dtype):
     """(name, tensor) one at a time from a safetensors file; matrices cast to `dtype`, RMSNorm gains kept in fp32."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in f.keys():
@@ -207,7 +210,7 @@ def _read_tensors(path: Path, dtype: torch.dtype):
                     t = t.to(torch.float32 if name.endswith(".alpha") else dtype)
                 yield name, t
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: cannot read as safetensors ({e})") from None
+        raise CheckpointError(f"{path}: cannot read as safetensors ({e})") from None
 
 
 def load_kyutai_config(path: str | Path | None) -> tuple[dict[str, Any], str]:
@@ -218,9 +221,9 @@ def load_kyutai_config(path: str | Path | None) -> tuple[dict[str, Any], str]:
     try:
         return json.loads(path.read_text()), str(path)
     except FileNotFoundError:
-        raise ValueError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: config file not found") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
 
 
 def import_moshi(
@@ -234,7 +237,7 @@ def import_moshi(
     mode, with fresh zero-initialised new parts (seeded by `seed`)."""
     weights = Path(weights)
     if not weights.is_file():
-        raise ValueError(f"{weights}: weights file not found")
+        raise CheckpointError(f"{weights}: weights file not found")
     kwargs, source = load_kyutai_config(config)
     cfg = model_config_from_kyutai(kwargs, source, overrides)
     return build_imported(cfg, _read_tensors(weights, dtype), str(weights), dtype, seed)
@@ -258,23 +261,11 @@ def build_imported(
 
 def write_run(model: Model, out: str | Path, imported_from: Mapping[str, Any]) -> Path:
     """Save an imported model as a run folder (checkpoint step 0) that `load_model` and `train`'s `init_from` read."""
-    from faceturn import checkpoint as ckpt_io
-    from faceturn.io import atomic_write_json
-    from faceturn.train import ModelChoice, TrainConfig, build_optimizer, resolve_model_config, resolved_config
-
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out}: exists and is not an empty folder; choose a new --out")
-    base, cfg = dataclasses.asdict(load_model_config(BASE_CONFIG)), model.cfg
-    overrides = tuple(
-        f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}"
-        for k, v in dataclasses.asdict(cfg).items()
-        if v != base[k]
-    )
-    train_cfg = TrainConfig(model=ModelChoice(name=BASE_CONFIG, overrides=overrides))
-    if resolve_model_config(train_cfg) != cfg:  # the saved train config must rebuild exactly this model
-        raise RuntimeError(f"model overrides {overrides} do not reproduce the imported config")
-    resolved = {**resolved_config(train_cfg, cfg), "imported_from": dict(imported_from)}
+        raise RunDirError(f"{out}: exists and is not an empty folder; choose a new --out")
+    train_cfg = TrainConfig(model=model.cfg)  # the saved train config rebuilds exactly this model
+    resolved = {**resolved_config(train_cfg), "imported_from": dict(imported_from)}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / ckpt_io.CONFIG_FILE, resolved)
     optimizer = build_optimizer(model, train_cfg.optim, torch.device("cpu"))  # no state: nothing was trained yet

@@ -12,10 +12,13 @@ Head frame (shared by rotation and gaze): +x toward the subject's own left (imag
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from faceturn.errors import SchemaError
 
 SCHEMA_VERSION = 1
 
@@ -69,10 +72,6 @@ GROUP_NAMES: tuple[str, ...] = tuple(FACE_GROUPS)
 DEFAULT_ZERO_GROUPS: tuple[str, ...] = ("head_trans",)  # a per-clip camera-setup constant, not behaviour
 
 
-class SchemaError(ValueError):
-    """Face data that does not follow the A61 schema; the message names the source and the problem."""
-
-
 def group_indices(groups: Iterable[str]) -> list[int]:
     """Sorted channel indices of the named groups; unknown names are an error that lists the valid ones."""
     out: set[int] = set()
@@ -81,13 +80,6 @@ def group_indices(groups: Iterable[str]) -> list[int]:
             raise SchemaError(f"unknown face group {g!r}; valid groups: {', '.join(GROUP_NAMES)}")
         out.update(FACE_GROUPS[g])
     return sorted(out)
-
-
-def group_mask(groups: Iterable[str]) -> np.ndarray:
-    """Boolean [61] mask that is True on the channels of the named groups."""
-    mask = np.zeros(N_FACE, dtype=bool)
-    mask[group_indices(groups)] = True
-    return mask
 
 
 def validate_channel_names(names: Sequence[str], source: str = "face data") -> None:
@@ -129,22 +121,6 @@ def validate_face(face: np.ndarray, names: Sequence[str] | None = None, source: 
             f"{source}: {int((~finite).sum())} non-finite face values (first at index {tuple(int(i) for i in bad)}, "
             f"channel {ch!r})"
         )
-
-
-def to_a61(
-    values: Mapping[str, np.ndarray | float], n_frames: int | None = None, source: str = "face data"
-) -> np.ndarray:
-    """Assemble a [T, 61] float32 array from named channels; unknown names are an error, absent channels are 0."""
-    unknown = [k for k in values if k not in CHANNEL_INDEX]
-    if unknown:
-        raise SchemaError(f"{source}: unknown channel names {unknown[:5]}")
-    if n_frames is None:
-        lengths = {np.size(v) for v in values.values()}
-        n_frames = max(lengths) if lengths else 0
-    out = np.zeros((n_frames, N_FACE), dtype=np.float32)
-    for name, v in values.items():
-        out[:, CHANNEL_INDEX[name]] = np.broadcast_to(np.asarray(v, dtype=np.float32), (n_frames,))
-    return out
 
 
 def from_mediapipe_blendshapes(scores: Mapping[str, float], source: str = "MediaPipe result") -> np.ndarray:
@@ -204,8 +180,6 @@ def from_live_link_columns(columns: Mapping[str, np.ndarray], source: str = "Liv
 
 def read_live_link_csv(path) -> np.ndarray:
     """Read a Live Link Face take (CSV with header) into [T, 61] A61 frames at the CSV's own frame rate."""
-    import csv
-
     with open(path, newline="") as fh:
         reader = csv.reader(fh)
         try:

@@ -1,4 +1,4 @@
-"""The corpus store (DESIGN §4): one `.safetensors` file per conversation plus `manifest.jsonl`.
+"""The corpus store: one `.safetensors` file per conversation plus `manifest.jsonl`.
 
 Why this shape: a file per conversation makes preparation parallel and resumable (each file is written to a
 temporary name and renamed, so it exists whole or not at all), and the manifest can always be rebuilt from the files
@@ -24,7 +24,10 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import save
+from tqdm import tqdm
 
+from faceturn.errors import ConfigError, CorpusError, SchemaError
 from faceturn.io import atomic_write_bytes, atomic_write_text
 from faceturn.schema import (
     CODEBOOK_SIZE,
@@ -33,7 +36,6 @@ from faceturn.schema import (
     N_FACE,
     N_PARTICIPANTS,
     SCHEMA_VERSION,
-    SchemaError,
     validate_channel_names,
     validate_face,
 )
@@ -71,13 +73,9 @@ def expected_shapes(n_frames: int) -> dict[str, tuple[int, ...]]:
     return {"codes": (p, N_CODEBOOKS, t), "text": (p, t), "va": (p, t), "face": (p, t, N_FACE), "face_present": (p, t)}
 
 
-class CorpusError(ValueError):
-    """A corpus file that cannot be used; the message always starts with the file's path, then the problem."""
-
-    def __init__(self, path: str | Path, problem: str):
-        super().__init__(f"{path}: {problem}")
-        self.path = str(path)
-        self.problem = problem
+def _error(path: str | Path, problem: str) -> CorpusError:
+    """A CorpusError about a corpus file: the message always starts with the file's path, then the problem."""
+    return CorpusError(f"{path}: {problem}")
 
 
 def _first_index(mask: np.ndarray) -> tuple[int, ...]:
@@ -149,7 +147,7 @@ class Conversation:
         """Raise CorpusError naming `source` and every problem (shapes, dtypes, value ranges, finiteness)."""
         problems = self.problems(values=True)
         if problems:
-            raise CorpusError(source, "; ".join(problems))
+            raise _error(source, "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -178,35 +176,35 @@ class ManifestEntry:
     def from_json(cls, data: Any, source: str = "manifest entry") -> ManifestEntry:
         """Parse and type-check one entry; errors name `source` and the field."""
         if not isinstance(data, dict):
-            raise CorpusError(source, f"manifest entry must be a JSON object, got {type(data).__name__}")
+            raise _error(source, f"manifest entry must be a JSON object, got {type(data).__name__}")
         kinds: dict[str, tuple[type, ...]] = {
             "id": (str,), "file": (str,), "split": (str,), "n_frames": (int,), "corpus": (str,), "framing": (str,),
             "participants": (list,), "group": (str,), "source": (str, dict), "audio": (str,), "timeline": (str, dict),
         }  # fmt: skip
         unknown = sorted(set(data) - set(kinds))
         if unknown:
-            raise CorpusError(source, f"unknown manifest fields {unknown}; valid fields: {list(kinds)}")
+            raise _error(source, f"unknown manifest fields {unknown}; valid fields: {list(kinds)}")
         missing = [k for k in kinds if k not in data and k not in ("audio", "timeline")]
         if missing:
-            raise CorpusError(source, f"manifest entry lacks fields {missing}")
+            raise _error(source, f"manifest entry lacks fields {missing}")
         for k, v in data.items():
             if v is None and k in ("audio", "timeline"):
                 continue
             if not isinstance(v, kinds[k]) or isinstance(v, bool):
                 names = " or ".join(t.__name__ for t in kinds[k])
-                raise CorpusError(source, f"manifest field {k!r} is {v!r}, expected {names}")
+                raise _error(source, f"manifest field {k!r} is {v!r}, expected {names}")
         parts = data["participants"]
         if len(parts) != N_PARTICIPANTS or not all(isinstance(p, str) for p in parts):
-            raise CorpusError(source, f"manifest field 'participants' must be {N_PARTICIPANTS} strings, got {parts!r}")
+            raise _error(source, f"manifest field 'participants' must be {N_PARTICIPANTS} strings, got {parts!r}")
         if data["n_frames"] < 0:
-            raise CorpusError(source, f"manifest field 'n_frames' is negative ({data['n_frames']})")
+            raise _error(source, f"manifest field 'n_frames' is negative ({data['n_frames']})")
         return cls(**{**data, "participants": list(parts)})
 
 
 def check_id(conv_id: str) -> None:
     """Conversation ids become file names: letters, digits and `._+-`, starting with a letter or digit."""
     if not isinstance(conv_id, str) or not _ID_RE.fullmatch(conv_id):
-        raise ValueError(
+        raise CorpusError(
             f"conversation id {conv_id!r} is not a safe file name (letters, digits, '._+-', at most 200 characters)"
         )
 
@@ -220,7 +218,7 @@ def _canonical_json(obj: Any, source: str) -> str:
     try:
         return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise CorpusError(source, f"metadata is not plain JSON ({e})") from None
+        raise _error(source, f"metadata is not plain JSON ({e})") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -240,23 +238,23 @@ def _read_layout(path: Path) -> _Layout:
         with open(path, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
-                raise CorpusError(path, f"truncated: {size} bytes, not even the 8-byte header length")
+                raise _error(path, f"truncated: {size} bytes, not even the 8-byte header length")
             n = int.from_bytes(head, "little")
             if n > _MAX_HEADER_BYTES or 8 + n > size:
-                raise CorpusError(
+                raise _error(
                     path, f"truncated or not safetensors: header length {n} bytes, but the file has {size} bytes"
                 )
             raw = fh.read(n)
     except FileNotFoundError:
-        raise CorpusError(path, "file not found") from None
+        raise _error(path, "file not found") from None
     except IsADirectoryError:
-        raise CorpusError(path, "is a directory, not a safetensors file") from None
+        raise _error(path, "is a directory, not a safetensors file") from None
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorpusError(path, f"safetensors header is not valid JSON ({e})") from None
+        raise _error(path, f"safetensors header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
-        raise CorpusError(path, "safetensors header is not a JSON object")
+        raise _error(path, "safetensors header is not a JSON object")
     data_start = 8 + n
     end = 0
     for name, spec in header.items():
@@ -266,28 +264,28 @@ def _read_layout(path: Path) -> _Layout:
             tag, shape = spec["dtype"], [int(d) for d in spec["shape"]]
             start, stop = (int(o) for o in spec["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise CorpusError(path, f"malformed safetensors entry for tensor {name!r}: {spec!r}") from None
+            raise _error(path, f"malformed safetensors entry for tensor {name!r}: {spec!r}") from None
         sized = tag not in _ST_DTYPES or stop - start == math.prod(shape) * _ST_DTYPES[tag].itemsize
         if not (0 <= start <= stop) or not sized:
-            raise CorpusError(path, f"tensor {name!r}: data offsets {[start, stop]} do not fit shape {shape} {tag}")
+            raise _error(path, f"tensor {name!r}: data offsets {[start, stop]} do not fit shape {shape} {tag}")
         end = max(end, stop)
     if data_start + end > size:
-        raise CorpusError(path, f"truncated: tensors need {data_start + end} bytes, the file has {size}")
+        raise _error(path, f"truncated: tensors need {data_start + end} bytes, the file has {size}")
     if data_start + end < size:
-        raise CorpusError(path, f"{size - data_start - end} unexpected bytes after the tensor data")
+        raise _error(path, f"{size - data_start - end} unexpected bytes after the tensor data")
     return _Layout(header, data_start)
 
 
 def _decode_meta(path: Path, layout: _Layout) -> dict:
     md = layout.header.get("__metadata__")
     if not isinstance(md, dict) or HEADER_KEY not in md:
-        raise CorpusError(path, f"no faceturn metadata in the header (safetensors __metadata__ lacks {HEADER_KEY!r})")
+        raise _error(path, f"no faceturn metadata in the header (safetensors __metadata__ lacks {HEADER_KEY!r})")
     try:
         meta = json.loads(md[HEADER_KEY])
     except (TypeError, json.JSONDecodeError) as e:
-        raise CorpusError(path, f"faceturn header metadata is not valid JSON ({e})") from None
+        raise _error(path, f"faceturn header metadata is not valid JSON ({e})") from None
     if not isinstance(meta, dict):
-        raise CorpusError(path, "faceturn header metadata is not a JSON object")
+        raise _error(path, "faceturn header metadata is not a JSON object")
     return meta
 
 
@@ -314,7 +312,7 @@ def _meta_problems(meta: dict) -> list[str]:
 def _entry_from_meta(path: Path, meta: dict) -> ManifestEntry:
     entry = ManifestEntry.from_json(meta.get("entry"), source=f"{path} (header entry)")
     if entry.file != path.name or f"{entry.id}{SUFFIX}" != path.name:
-        raise CorpusError(path, f"header entry (id {entry.id!r}, file {entry.file!r}) does not match the file name")
+        raise _error(path, f"header entry (id {entry.id!r}, file {entry.file!r}) does not match the file name")
     return entry
 
 
@@ -325,13 +323,13 @@ def _map_tensors(path: Path, layout: _Layout) -> dict[str, np.ndarray]:
     extra = [k for k in names if k not in TENSOR_DTYPES]
     if missing or extra:
         parts = ([f"missing tensors {missing}"] if missing else []) + ([f"unexpected tensors {extra}"] if extra else [])
-        raise CorpusError(path, "; ".join(parts))
+        raise _error(path, "; ".join(parts))
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     out = {}
     for name in TENSOR_DTYPES:
         spec = layout.header[name]
         if spec["dtype"] not in _ST_DTYPES:
-            raise CorpusError(path, f"tensor {name!r} has unsupported dtype {spec['dtype']}, expected "
+            raise _error(path, f"tensor {name!r} has unsupported dtype {spec['dtype']}, expected "
                               f"{TENSOR_DTYPES[name]}")  # fmt: skip
         start = layout.data_start + spec["data_offsets"][0]
         out[name] = np.ndarray(tuple(spec["shape"]), dtype=_ST_DTYPES[spec["dtype"]], buffer=mm, offset=start)
@@ -356,7 +354,7 @@ def read_conversation(path: str | Path, *, validate: bool = True, expect: Manife
     if expect is not None and not problems and conv.n_frames != expect.n_frames:
         problems.append(f"{conv.n_frames} frames, the manifest says {expect.n_frames}")
     if problems:
-        raise CorpusError(path, "; ".join(problems))
+        raise _error(path, "; ".join(problems))
     return conv
 
 
@@ -400,10 +398,10 @@ def assign_splits(
     entries = list(entries)
     fractions = dict(fractions)
     if not fractions or any(not math.isfinite(f) or f < 0 for f in fractions.values()) or sum(fractions.values()) <= 0:
-        raise ValueError(f"split fractions must be finite, >= 0 and not all 0, got {fractions}")
+        raise ConfigError(f"split fractions must be finite, >= 0 and not all 0, got {fractions}")
     ids = [e.id for e in entries]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"duplicate conversation ids: {sorted(k for k, n in Counter(ids).items() if n > 1)[:5]}")
+        raise CorpusError(f"duplicate conversation ids: {sorted(k for k, n in Counter(ids).items() if n > 1)[:5]}")
     names = list(fractions)
     weight = [max(e.n_frames, 1) for e in entries]
     total = sum(weight)
@@ -489,12 +487,12 @@ class CorpusWriter:
             expected["framing"] = self.framing
         wrong = {k: (getattr(entry, k), v) for k, v in expected.items() if getattr(entry, k) != v}
         if wrong:
-            raise CorpusError(path, "manifest entry disagrees with the conversation/writer: " + ", ".join(
+            raise _error(path, "manifest entry disagrees with the conversation/writer: " + ", ".join(
                 f"{k}={got!r} (expected {want!r})" for k, (got, want) in wrong.items()))  # fmt: skip
         ManifestEntry.from_json(entry.to_json(), source=str(path))  # type-check what will be stored
         for rel in (entry.audio,) + ((entry.timeline,) if isinstance(entry.timeline, str) else ()):
             if rel is not None and not _is_inside(rel):
-                raise CorpusError(path, f"path {rel!r} in the manifest entry must be relative and inside the corpus")
+                raise _error(path, f"path {rel!r} in the manifest entry must be relative and inside the corpus")
         conv.validate(str(path))
         meta = {k: v for k, v in conv.meta.items() if k not in _RESERVED_META}
         meta.update(
@@ -506,8 +504,6 @@ class CorpusWriter:
             extraction=self.extraction,
             entry=entry.to_json(),
         )
-        from safetensors.numpy import save
-
         data = save(
             {k: np.ascontiguousarray(v) for k, v in conv.arrays().items()},
             metadata={HEADER_KEY: _canonical_json(meta, str(path))},
@@ -563,29 +559,29 @@ def _read_manifest(root: Path, manifest: Path) -> tuple[list[ManifestEntry], lis
         try:
             entry = ManifestEntry.from_json(json.loads(line), source=where)
         except json.JSONDecodeError as e:
-            problems.append(CorpusError(where, f"not valid JSON ({e})"))
+            problems.append(_error(where, f"not valid JSON ({e})"))
             continue
         except CorpusError as e:
             problems.append(e)
             continue
         if entry.id in first_line:
-            problems.append(CorpusError(where, f"duplicate conversation id {entry.id!r} (first on line "
+            problems.append(_error(where, f"duplicate conversation id {entry.id!r} (first on line "
                                                f"{first_line[entry.id]})"))  # fmt: skip
             continue
         first_line[entry.id] = line_no
         if not _is_inside(entry.file):
-            problems.append(CorpusError(where, f"file {entry.file!r} must be a relative path inside the corpus folder"))
+            problems.append(_error(where, f"file {entry.file!r} must be a relative path inside the corpus folder"))
             continue
         if entry.file in file_line:
-            problems.append(CorpusError(where, f"file {entry.file!r} is also listed on line {file_line[entry.file]}"))
+            problems.append(_error(where, f"file {entry.file!r} is also listed on line {file_line[entry.file]}"))
             continue
         file_line[entry.file] = line_no
         if not (root / entry.file).is_file():
-            problems.append(CorpusError(where, f"file {entry.file!r} of conversation {entry.id!r} is missing "
+            problems.append(_error(where, f"file {entry.file!r} of conversation {entry.id!r} is missing "
                                                f"({root / entry.file})"))  # fmt: skip
             continue
         if not entry.split:
-            problems.append(CorpusError(where, f"conversation {entry.id!r} has no split"))
+            problems.append(_error(where, f"conversation {entry.id!r} has no split"))
         entries.append(entry)
     return entries, problems
 
@@ -597,15 +593,15 @@ class Corpus:
         self.root = Path(root)
         self.manifest_path = self.root / MANIFEST
         if not self.root.is_dir():
-            raise CorpusError(self.root, "corpus folder not found")
+            raise _error(self.root, "corpus folder not found")
         if not self.manifest_path.is_file():
-            raise CorpusError(self.manifest_path, "manifest not found (CorpusWriter.finalize writes it)")
+            raise _error(self.manifest_path, "manifest not found (CorpusWriter.finalize writes it)")
         self.entries, errors = _read_manifest(self.root, self.manifest_path)
         self.manifest_problems = [str(e) for e in errors]
         self._by_id = {e.id: e for e in self.entries}
         if validate and errors:
             more = f" (and {len(errors) - 1} more manifest problems)" if len(errors) > 1 else ""
-            raise CorpusError(errors[0].path, errors[0].problem + more)
+            raise CorpusError(f"{errors[0]}{more}")
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -620,7 +616,7 @@ class Corpus:
         try:
             return self._by_id[conv_id]
         except KeyError:
-            raise CorpusError(self.manifest_path, f"no conversation {conv_id!r}") from None
+            raise _error(self.manifest_path, f"no conversation {conv_id!r}") from None
 
     def load(self, conv_id: str, *, validate: bool = True) -> Conversation:
         """One conversation as memory-mapped arrays; `validate` adds the value scan (structure is always checked)."""
@@ -631,8 +627,6 @@ class Corpus:
         self, *, validate: bool = True, progress: bool = False
     ) -> Iterator[tuple[ManifestEntry, Conversation | None, list[str]]]:
         """Each conversation once, in manifest order, with its problems (conversation None when it is unusable)."""
-        from tqdm import tqdm
-
         for entry in tqdm(self.entries, desc=f"reading {self.root.name}", unit="conv", disable=not progress):
             problems = []
             if entry.audio is not None and not (_is_inside(entry.audio) and (self.root / entry.audio).is_file()):

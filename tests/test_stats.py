@@ -1,4 +1,4 @@
-"""faceturn.eval.stats: AUC equals scikit-learn, the fast bootstrap equals a brute-force one, controls, DeLong."""
+"""faceturn.stats: AUC equals scikit-learn, the fast bootstrap equals a brute-force one, controls, DeLong."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from faceturn.eval import stats
-from faceturn.eval.stats import (
+from faceturn import stats
+from faceturn.stats import (
     balanced_accuracy_at,
     best_threshold,
     circular_shift_labels,
@@ -352,7 +352,7 @@ def test_cluster_bootstrap_covers_and_frame_bootstrap_undercovers():
 
 
 def test_cluster_bootstrap_ratio_matches_a_brute_force_loop():
-    from faceturn.eval.stats import _draw_multiplicities, cluster_bootstrap_ratio
+    from faceturn.stats import _draw_multiplicities, cluster_bootstrap_ratio
 
     rng = np.random.default_rng(3)
     clusters = np.repeat(np.arange(12), rng.integers(2, 9, size=12))

@@ -429,8 +429,8 @@ def test_inspect_valid_corpus_text_and_json(tmp_path, capsys):
 def test_inspect_missing_folder(tmp_path, capsys):
     from faceturn.cli import main
 
-    assert main(["inspect", str(tmp_path / "nope")]) == 1
-    assert f"{tmp_path / 'nope'}: corpus folder not found" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "nope")]) == 2
+    assert f"faceturn inspect: error: {tmp_path / 'nope'}: corpus folder not found" in capsys.readouterr().err
 
 
 # speaker 0 and 1 speech (s): a gap of 0.22 s, an overlap of 0.10 s, a backchannel by 1 inside 0's turn, a gap of 0.40 s
@@ -447,7 +447,7 @@ def planted_conv(conv_id: str, swap: bool, seed: int) -> Conversation:
 
 
 def test_floor_transfer_offsets_have_sub_frame_precision():
-    from faceturn.commands.inspect import floor_transfer_offsets_s
+    from faceturn.eval.corpus import floor_transfer_offsets_s
     from faceturn.labels import EventConfig, turn_labels
 
     va = planted_conv("x", False, 0).va.astype(np.float32)
@@ -457,7 +457,7 @@ def test_floor_transfer_offsets_have_sub_frame_precision():
 
 
 def test_corpus_statistics_recover_planted_values(tmp_path):
-    from faceturn.commands.inspect import corpus_statistics
+    from faceturn.eval.corpus import corpus_statistics
 
     w = CorpusWriter(tmp_path, corpus="toy")
     convs = [planted_conv("a", False, 1), planted_conv("b", True, 2)]

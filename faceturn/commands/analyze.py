@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from faceturn.commands._args import add_config, add_corpus, add_out, add_run, add_set, write_result
+from faceturn.config import load_config
+from faceturn.eval.analyze import AnalyzeConfig, analyze, format_analysis
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=Path, required=True, help="run folder (its newest checkpoint) or a checkpoint")
-    parser.add_argument("--corpus", type=Path, required=True, help="corpus folder")
-    parser.add_argument("--out", type=Path, help="folder for analysis.json and analysis.md")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override an AnalyzeConfig field (repeatable)"
-    )
+    add_run(parser)
+    add_corpus(parser)
+    add_out(parser, help="folder for analysis.json and analysis.md")
+    add_config(parser, help="an AnalyzeConfig as a TOML or JSON file (default: the defaults)")
+    add_set(parser, help="override an AnalyzeConfig field (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from faceturn.config import apply_overrides
-    from faceturn.eval.analyze import AnalyzeConfig, analyze, format_analysis
-    from faceturn.io import atomic_write_json, atomic_write_text
-
-    res = analyze(args.run, args.corpus, apply_overrides(AnalyzeConfig(), args.set))
-    table = format_analysis(res)
-    print(table)
-    if args.out:
-        atomic_write_json(args.out / "analysis.json", res)
-        atomic_write_text(args.out / "analysis.md", table + "\n")
-        print(f"analyze: wrote {args.out / 'analysis.json'}")
+    config = load_config(AnalyzeConfig, args.config, args.overrides)
+    res = analyze(args.run, args.corpus, config)
+    write_result("analyze", args.out, "analysis", res, format_analysis(res))
     return 0

@@ -1,6 +1,6 @@
 """`faceturn attribute`: which face groups the turn-yield model uses, by retraining without each (plan/run/collect).
 
-faceturn attribute plan --config synthetic --out study/     # plan.txt: one shell command per run
+faceturn attribute plan --config synthetic --out study/     # plan.json (argv lists), plan.txt (one line per run)
 faceturn attribute run study/ --jobs 2                       # resumable; or run plan.txt as a job array
 faceturn attribute collect study/                            # results.json + results.md
 """
@@ -10,18 +10,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from faceturn.commands._args import add_jobs, add_out, add_progress, add_study_config
+from faceturn.eval import attribution as att
+from faceturn.study import ensure_corpora, load_study_config, plan_attribution
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("plan", help="write the runs of a leave-one-group-out study (plan.json, plan.txt)")
-    p.add_argument("--config", required=True, help="study config: a shipped name (synthetic, real) or a TOML file")
-    p.add_argument("--out", type=Path, required=True, help="study folder")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study config value")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_study_config(p)
+    add_out(p, required=True, help="study folder")
+    add_progress(p)
     p = sub.add_parser("run", help="execute the plan here, N runs at a time (finished runs are skipped)")
     p.add_argument("dir", type=Path, help="study folder with plan.json")
-    p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the config's attribution.jobs)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_jobs(p, default=None, help="runs at a time (default: the config's attribution.jobs)")
+    add_progress(p, help="no progress bar")
     p = sub.add_parser("collect", help="ΔAUC per group and corpus with CIs, cross-corpus reading, post-hoc table")
     p.add_argument("dir", type=Path, help="study folder whose runs are finished")
     p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default: the config's)")
@@ -36,19 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from faceturn.eval import attribution as att
-
     if args.action == "plan":
-        from faceturn.study import ensure_corpora, load_study_config
-
-        cfg = load_study_config(args.config, args.set)
-        corpora = ensure_corpora(cfg, args.out, progress=not args.quiet)
-        runs = att.plan_runs(cfg, args.out, corpora)
+        cfg = load_study_config(args.config, args.overrides)
+        corpora = ensure_corpora(cfg, args.out, progress=args.progress)
+        runs = plan_attribution(cfg, args.out, corpora)
         done = sum(att.is_done(args.out, r) for r in runs)
         print(f"attribute plan: {len(runs)} runs ({done} already finished) → {args.out / 'plan.txt'}")
         return 0
     if args.action == "run":
-        info = att.run_plan(args.dir, args.jobs, progress=not args.quiet)
+        info = att.run_plan(args.dir, args.jobs, progress=args.progress)
         print(f"attribute run: {info['ran']} runs in {info['seconds']:.0f} s, {info['skipped']} already finished")
         return 0
     res = att.collect(args.dir, args.resamples, args.seed)

@@ -13,17 +13,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from faceturn.commands._args import add_jobs, add_out, add_progress
+from faceturn.study import load_study_config, reseed, run_and_summarize
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
+    add_out(parser, default=Path("demo-out"), help="output folder (default: demo-out)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpora, the training runs and the bootstrap")
-    parser.add_argument("--jobs", type=int, default=None, help="runs at a time (default: 2)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_jobs(parser, default=None, help="runs at a time (default: 2)")
+    add_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from faceturn.study import load_study_config, reseed, run_and_summarize
-
     cfg = reseed(load_study_config("synthetic"), args.seed)
-    print(run_and_summarize(cfg, args.out, jobs=args.jobs, progress=not args.quiet))
+    print(run_and_summarize(cfg, args.out, jobs=args.jobs, progress=args.progress))
     return 0

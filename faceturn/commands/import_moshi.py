@@ -8,29 +8,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
+from faceturn.commands._args import add_config, add_out, add_set
+from faceturn.moshi_import import import_moshi, write_run
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, required=True, help="kyutai's LM model.safetensors (e.g. moshiko's)")
-    parser.add_argument(
-        "--config", type=Path, default=None,
-        help="kyutai's config.json (LMModel kwargs); default: the released 7B shape (faceturn's moshi-7b config)",
-    )  # fmt: skip
-    parser.add_argument("--out", type=Path, required=True, help="new run folder (checkpoint step 0)")
+    add_config(parser, help="kyutai's config.json (LMModel kwargs); default: the released 7B shape (faceturn's "
+               "moshi-7b config)")  # fmt: skip
+    add_out(parser, required=True, help="new run folder (checkpoint step 0)")
     parser.add_argument(
         "--dtype", choices=("bf16", "fp32"), default="bf16", help="stored precision of the weights (default bf16)"
     )
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="new-part options: face_norm, zero_groups, face_hidden, yield_hidden (repeatable)",
-    )  # fmt: skip
+    add_set(parser, help="new-part options: face_norm, zero_groups, face_hidden, yield_hidden (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation of the new face encoder and yield head")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from faceturn.moshi_import import import_moshi, write_run
-
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     model = import_moshi(args.weights, args.config, dtype, args.overrides, args.seed)
     source = {"weights": str(args.weights), "config": None if args.config is None else str(args.config)}

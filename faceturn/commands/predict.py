@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from faceturn.commands._args import add_corpus, add_device, add_out, add_run
+from faceturn.eval.predict import predict_zero_sets
+from faceturn.schema import GROUP_NAMES, group_indices
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=Path, required=True, help="run folder (its newest checkpoint) or a checkpoint")
-    parser.add_argument("--corpus", type=Path, required=True, help="corpus folder")
+    add_run(parser)
+    add_corpus(parser)
     parser.add_argument("--split", default="test", help="split to predict (default: test)")
-    parser.add_argument("--out", type=Path, required=True, help="prediction file to write (.npz)")
+    add_out(parser, required=True, help="prediction file to write (.npz)")
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default: 16)")
     parser.add_argument("--hidden", action="store_true", help="also store the temporal hidden states (for probes)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device(parser)
     parser.add_argument(
         "--no-zeroed",
         action="store_true",
@@ -36,9 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from faceturn.eval.predict import predict_zero_sets
-    from faceturn.schema import GROUP_NAMES, group_indices
-
     def groups(text: str) -> list[str]:
         names = list(GROUP_NAMES) if text.strip() == "all" else [g.strip() for g in text.split(",") if g.strip()]
         group_indices(names)  # unknown names: an error listing the valid ones

@@ -11,8 +11,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
+
+from faceturn.commands._args import add_device, add_jobs, add_out, add_progress, add_set
+from faceturn.config import apply_overrides
+from faceturn.errors import CorpusError
+from faceturn.prep import livelink, multidialog, seamless
+from faceturn.prep.audio_tokens import MimiSettings
+from faceturn.prep.face import FaceSettings
+from faceturn.prep.pipeline import PrepSettings, run_jobs
+from faceturn.prep.text import TextSettings
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -31,22 +39,21 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", type=Path, required=True, help="the corpus as downloaded")
-    p.add_argument("--out", type=Path, required=True, help="corpus folder to write (created; resumable)")
+    add_out(p, required=True, help="corpus folder to write (created; resumable)")
     p.add_argument("--mimi", default="kyutai/mimi", help="MimiModel: local folder or hub id (default kyutai/mimi)")
-    p.add_argument("--device", default="auto", help="torch device for Mimi (default: CUDA when available)")
+    add_device(p, default="auto", help="torch device for Mimi (default: CUDA when available)")
     p.add_argument("--face-model", default="", help="face_landmarker.task (default: $FACETURN_FACE_MODEL)")
     p.add_argument("--gaze", choices=("blendshapes", "iris"), default="blendshapes", help="gaze estimate")
     p.add_argument("--no-crop", action="store_true", help="feed whole frames to the landmarker (no face crop)")
     p.add_argument("--text-model", default="", help="SentencePiece .model for text tokens (default: no text)")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    add_jobs(p, default=1, help="worker processes (default 1)")
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N", help="prepare only shard I of N")
     p.add_argument("--retry-skipped", action="store_true", help="retry conversations earlier runs skipped")
     p.add_argument("--audio", action="store_true", help="also write audio/<id>.wav (24 kHz, one channel each)")
     p.add_argument("--splits", choices=("official", "assign"), default="official",
                    help="keep the corpus' own splits (default) or assign new ones by participant")  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any setting (repeatable)")  # fmt: skip
+    add_progress(p, help="no progress bar (logs, CI)")
+    add_set(p, help="override any setting (repeatable)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,16 +89,8 @@ def _split_overrides(items: list[str], prep_cls: type) -> tuple[list[str], list[
 
 
 def run(args: argparse.Namespace) -> int:
-    from faceturn.config import ConfigError, apply_overrides
-    from faceturn.prep import livelink, multidialog, seamless
-    from faceturn.prep.audio_tokens import MimiSettings
-    from faceturn.prep.face import FaceModelMissing, FaceSettings
-    from faceturn.prep.pipeline import PrepSettings, run_jobs
-    from faceturn.prep.text import TextSettings
-
     if not args.root.is_dir():
-        print(f"faceturn prepare: {args.root}: folder not found", file=sys.stderr)
-        return 2
+        raise CorpusError(f"{args.root}: folder not found")
     prep = PrepSettings(
         mimi=MimiSettings(model=args.mimi, device=args.device),
         face=FaceSettings(model=args.face_model, gaze=args.gaze, crop="none" if args.no_crop else "auto"),
@@ -101,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         shard_count=args.shard[1],
         retry_skipped=args.retry_skipped,
         write_audio=args.audio,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     official = args.splits == "official"
     need_face = True
@@ -124,13 +123,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         corpus = livelink.LiveLinkSettings(timecode_fps=args.timecode_fps)
         need_face = False
-    try:
-        prep_over, corpus_over = _split_overrides(args.overrides, PrepSettings)
-        prep = apply_overrides(prep, prep_over)
-        corpus = apply_overrides(corpus, corpus_over)
-    except ConfigError as e:
-        print(f"faceturn prepare: {e}", file=sys.stderr)
-        return 2
+    prep_over, corpus_over = _split_overrides(args.overrides, PrepSettings)
+    prep = apply_overrides(prep, prep_over)
+    corpus = apply_overrides(corpus, corpus_over)
     if args.corpus == "seamless":
         jobs, framing = seamless.jobs_from_root(args.root, corpus), corpus.framing
     elif args.corpus == "multidialog":
@@ -138,10 +133,6 @@ def run(args: argparse.Namespace) -> int:
         framing = corpus.framing if corpus.video_root else "none"
     else:
         jobs, framing = livelink.jobs_from_root(args.root, corpus), corpus.framing
-    try:
-        summary = run_jobs(jobs, args.out, args.corpus, framing, prep, describe=f"prepare {args.corpus}",
-                           need_face=need_face)  # fmt: skip
-    except FaceModelMissing as e:
-        print(f"faceturn prepare: {e}", file=sys.stderr)
-        return 2
+    summary = run_jobs(jobs, args.out, args.corpus, framing, prep, describe=f"prepare {args.corpus}",
+                       need_face=need_face)  # fmt: skip
     return 1 if summary["internal_errors"] else 0

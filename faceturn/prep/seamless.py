@@ -1,4 +1,4 @@
-"""Seamless Interaction (Meta) → corpus store (reference/datasets.md §1).
+"""Seamless Interaction (Meta) → corpus store.
 
 Input: WebDataset shards `<label>/<split>/<BBBB>/<AAAA>.tar` and/or extracted folders
 `<label>/<split>/<BBBB>/<AAAA>/<file_id>.{wav,json,npz,mp4}`, in any mix. One bundle per participant; the two
@@ -23,6 +23,7 @@ import math
 import re
 import tarfile
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,9 +34,10 @@ from faceturn.prep import BadInput
 from faceturn.prep.audio_tokens import MIMI_RATE_HZ, mimi_frames
 from faceturn.prep.face import extract_face_track, face_boxes_from_wholebody
 from faceturn.prep.media import audio_frames, probe_video, read_audio, resample
-from faceturn.prep.pipeline import Job, Tools, Track
+from faceturn.prep.pipeline import Job, Tools, Track, assemble, write_stereo_wav
 from faceturn.prep.text import Word
 from faceturn.prep.vad import silero_intervals
+from faceturn.store import ManifestEntry
 from faceturn.timebase import voiced_fraction
 
 FILE_ID_RE = re.compile(r"^(?P<vendor>V\d{2})_(?P<session>S\d+)_(?P<interaction>I\d+)_P(?P<participant>\d+[A-Za-z]?)$")
@@ -221,8 +223,6 @@ def read_annotations(path: Path) -> tuple[list[tuple[float, float]], list[Word]]
 
 def read_keypoints(path: Path) -> tuple[np.ndarray, np.ndarray] | str:
     """(keypoints [N, 133, 3], box_valid [N]) of an NPZ, or why they cannot be used. N = 0 is BadInput."""
-    import zipfile
-
     try:
         with np.load(path, allow_pickle=False) as npz:
             if not all(k in npz.files for k in NPZ_BOX_KEYS):
@@ -314,9 +314,6 @@ class SeamlessJob(Job):
         return probed, dropped
 
     def build(self, tools: Tools, out_root: Path):
-        from faceturn.prep.pipeline import assemble, write_stereo_wav
-        from faceturn.store import ManifestEntry
-
         s = self.settings
         with tempfile.TemporaryDirectory(prefix="faceturn-seamless-") as tmp:
             probed, dropped = self._pair(Path(tmp))

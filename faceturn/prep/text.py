@@ -1,4 +1,4 @@
-"""Word-aligned text tokens on the 12.5 Hz grid, in Moshi's PAD/EPAD layout (reference/moshi.md §2).
+"""Word-aligned text tokens on the 12.5 Hz grid, in Moshi's PAD/EPAD layout.
 
 Each word is tokenized on its own (SentencePiece, no BOS). Its tokens fill consecutive frames starting with the
 frame that contains the word's start time; every other frame is PAD, except that the PAD right before a word

@@ -7,9 +7,11 @@ wheel: nothing is downloaded.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from faceturn.prep.media import resample
 
@@ -33,10 +35,6 @@ def _silero_model():
     """The Silero model, loaded once per process. Importing silero_vad sets torch to one thread; undo that."""
     global _MODEL
     if _MODEL is None:
-        import warnings
-
-        import torch
-
         n_threads = torch.get_num_threads()
         with warnings.catch_warnings():  # silero-vad's own deprecated calls (importlib path, torch.jit.load)
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -51,7 +49,6 @@ def silero_intervals(
     wave: np.ndarray, rate_hz: int, settings: SileroSettings | None = None
 ) -> list[tuple[float, float]]:
     """Speech segments [(start_s, end_s)] found by Silero VAD in a mono waveform."""
-    import torch
     from silero_vad import get_speech_timestamps
 
     s = settings or SileroSettings()

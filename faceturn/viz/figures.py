@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from faceturn.config import from_dict
+from faceturn.errors import FaceturnError
+from faceturn.eval.predict import Predictions
 from faceturn.io import atomic_write_bytes
+from faceturn.labels import EventConfig, turn_labels
 from faceturn.schema import CHANNEL_INDEX, GROUP_NAMES
+from faceturn.stats import roc_auc
+from faceturn.store import Corpus
 from faceturn.timebase import FRAME_S, duration_to_frames, time_to_frame
 
 SELF_COLOR = "#0072B2"  # Okabe-Ito palette (colour-blind safe)
@@ -35,8 +41,9 @@ SERIES_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9
 DPI = 150  # PNG resolution of saved figures
 
 _GX, _GY, _GZ = (CHANNEL_INDEX[n] for n in ("gaze_x", "gaze_y", "gaze_z"))
-# The channels the model relies on (DESIGN §1: gaze, mouth, head rotation), as (label with unit, group, function of
-# the face [T, 61] float32). Gaze angles are read back from the head-frame unit vector (schema.gaze_vector).
+# The face channels the timeline shows (gaze, mouth, head rotation: the cues expected to announce a hand-over), as
+# (label with unit, group, function of the face [T, 61] float32). Gaze angles are read back from the head-frame unit
+# vector (schema.gaze_vector).
 FACE_LANES: tuple[tuple[str, str, Any], ...] = (
     ("gaze yaw (°)", "eye_gaze", lambda f: np.degrees(np.arctan2(f[:, _GX], f[:, _GZ]))),
     ("gaze pitch (°)", "eye_gaze", lambda f: np.degrees(-np.arcsin(np.clip(f[:, _GY], -1.0, 1.0)))),
@@ -92,11 +99,11 @@ def frame_window(n_frames: int, start_s: float | None, end_s: float | None, sour
     start = 0 if start_s is None else time_to_frame(start_s)
     stop = n_frames if end_s is None else duration_to_frames(end_s)
     if start_s is not None and not 0 <= start_s < duration_s:
-        raise ValueError(f"{source}: start {start_s} s is outside the conversation (0 to {duration_s:.2f} s)")
+        raise FaceturnError(f"{source}: start {start_s} s is outside the conversation (0 to {duration_s:.2f} s)")
     if end_s is not None and not 0 < end_s <= duration_s + 1e-9:
-        raise ValueError(f"{source}: end {end_s} s is outside the conversation (0 to {duration_s:.2f} s)")
+        raise FaceturnError(f"{source}: end {end_s} s is outside the conversation (0 to {duration_s:.2f} s)")
     if stop <= start or (start_s is not None and end_s is not None and end_s <= start_s):
-        raise ValueError(f"{source}: the window [{start_s}, {end_s}] s is empty")
+        raise FaceturnError(f"{source}: the window [{start_s}, {end_s}] s is empty")
     return start, stop
 
 
@@ -111,29 +118,24 @@ def load_timeline(
 ) -> TimelineData:
     """Read one conversation's predictions (a `faceturn predict` file or a loaded `Predictions`) and its corpus
     streams (`corpus`, default: the corpus the file names) into a TimelineData for [start_s, end_s)."""
-    from faceturn.config import from_dict
-    from faceturn.eval.predict import Predictions
-    from faceturn.labels import EventConfig, turn_labels
-    from faceturn.store import Corpus
-
     source = str(pred) if isinstance(pred, str | Path) else f"predictions for {pred.meta.get('corpus')}"
     p = Predictions.load(pred) if isinstance(pred, str | Path) else pred
     if perspective not in (0, 1):
-        raise ValueError(f"{source}: perspective must be 0 or 1, got {perspective!r}")
+        raise FaceturnError(f"{source}: perspective must be 0 or 1, got {perspective!r}")
     ids = list(p.meta.get("conversations", []))
     if conversation_id not in ids:
         some = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
-        raise ValueError(f"{source}: no conversation {conversation_id!r} (the file has {len(ids)}: {some})")
+        raise FaceturnError(f"{source}: no conversation {conversation_id!r} (the file has {len(ids)}: {some})")
     ci = ids.index(conversation_id)
     rows = (p.conversation == ci) & (p.perspective == perspective)
     if not rows.any():
-        raise ValueError(f"{source}: no rows for conversation {conversation_id!r} from perspective {perspective}")
+        raise FaceturnError(f"{source}: no rows for conversation {conversation_id!r} from perspective {perspective}")
     store = Corpus(corpus if corpus is not None else p.meta["corpus"])
     conv = store.load(conversation_id)
     n = conv.n_frames
     frames = p.frame[rows]
     if frames.min() < 0 or frames.max() >= n:
-        raise ValueError(
+        raise FaceturnError(
             f"{source}: conversation {conversation_id!r} has frames up to {int(frames.max())} but the corpus file "
             f"{store.root / store.entry(conversation_id).file} has {n} (predictions for another corpus?)"
         )
@@ -365,7 +367,7 @@ def rows_from_bootstrap(block: Mapping[str, Any], source: str = "bootstrap resul
             rows.append({"name": "delta", "value": block["delta"], "lo": block["delta_ci"][0],
                          "hi": block["delta_ci"][1]})  # fmt: skip
     except (KeyError, TypeError, IndexError) as e:
-        raise ValueError(f"{source}: not a bootstrap result block (auc, ci, delta, delta_ci): missing {e}") from None
+        raise FaceturnError(f"{source}: not a bootstrap result block (auc, ci, delta, delta_ci): missing {e}") from None
     return rows
 
 
@@ -376,7 +378,7 @@ def rows_from_probe(result: Mapping[str, Any], source: str = "probe result") -> 
         parts += [(f"control: {k.replace('_', ' ')}", v) for k, v in result["controls"].items()]
         return [{"name": n, "value": r["auc"], "lo": r["ci"][0], "hi": r["ci"][1]} for n, r in parts]
     except (KeyError, TypeError, IndexError) as e:
-        raise ValueError(f"{source}: not a probe result (probes.all, controls): missing {e}") from None
+        raise FaceturnError(f"{source}: not a probe result (probes.all, controls): missing {e}") from None
 
 
 def _dot_whisker(ax, series: dict[str, list[dict]], x_of: str) -> list[str]:
@@ -431,24 +433,16 @@ def auc_figure(series: Mapping[str, Sequence[Mapping]], out_stem: str | Path, *,
     return save_figure(fig, out_stem)
 
 
-def robust_groups(series: Mapping[str, Sequence[Mapping]]) -> list[str]:
-    """Row names whose CI lies above zero on every corpus (DESIGN §7: robust across corpora). A CI below zero on
-    every corpus means the model does better without the group, which is not a use of it, so it is not robust."""
-    checked = check_series(series, "attribution chart")
-    by_corpus = [{r["name"]: r for r in rows} for rows in checked.values()]
-    out = []
-    for name in dict.fromkeys(n for rows in by_corpus for n in rows):
-        rows = [rs.get(name) for rs in by_corpus]
-        if any(r is None or r["lo"] is None for r in rows):
-            continue
-        if all(r["lo"] > 0 for r in rows):
-            out.append(name)
-    return out
-
-
-def logo_figure(series: Mapping[str, Sequence[Mapping]], out_stem: str | Path, *, title: str | None = None):
+def logo_figure(
+    series: Mapping[str, Sequence[Mapping]],
+    out_stem: str | Path,
+    *,
+    robust: Collection[str] = (),
+    title: str | None = None,
+):
     """Leave-one-group-out attribution: ΔAUC (all groups − group zeroed by retraining) per face group (row name) and
-    corpus, with CIs. Groups robust on every corpus (`robust_groups`) get a bold label."""
+    corpus, with CIs. The groups named in `robust` (the study's cross-corpus reading, `faceturn.results.read_group`)
+    get a bold label."""
     checked = check_series(series, "attribution chart")
     order = {g: i for i, g in enumerate(GROUP_NAMES)}
     ordered = {c: sorted(rows, key=lambda r: order.get(r["name"], len(order))) for c, rows in checked.items()}
@@ -456,7 +450,7 @@ def logo_figure(series: Mapping[str, Sequence[Mapping]], out_stem: str | Path, *
     fig = _new_figure(3.0 + 1.1 * n_groups, 3.8)
     ax = fig.subplots()
     cats = _dot_whisker(ax, ordered, x_of="name")
-    robust = set(robust_groups(checked))
+    robust = set(robust)
     for label in ax.get_xticklabels():
         if label.get_text() in robust:
             label.set_fontweight("bold")
@@ -501,9 +495,6 @@ def roc_points(y: np.ndarray, scores: np.ndarray, max_points: int = 2000) -> tup
 def roc_figure(predictions: Mapping[str, Any], out_stem: str | Path, *, title: str | None = None):
     """ROC curves on scored frames, face (solid) and face zeroed (dashed), one colour per entry of `predictions`
     (label -> prediction file path or loaded `Predictions`)."""
-    from faceturn.eval.predict import Predictions
-    from faceturn.eval.stats import roc_auc
-
     if not isinstance(predictions, Mapping) or not predictions:
         raise ValueError("ROC chart: expected a non-empty mapping label -> prediction file")
     fig = _new_figure(5.2, 4.8)
@@ -515,7 +506,7 @@ def roc_figure(predictions: Mapping[str, Any], out_stem: str | Path, *, title: s
         scored = p.m.astype(bool)
         y = p.y[scored].astype(bool)
         if y.all() or not y.any():
-            raise ValueError(f"{source}: {int(y.sum())} of {y.size} scored frames are positive; ROC is undefined")
+            raise FaceturnError(f"{source}: {int(y.sum())} of {y.size} scored frames are positive; ROC is undefined")
         color = SERIES_COLORS[j % len(SERIES_COLORS)]
         for cond, scores, ls in (("face", p.p_face, "-"), ("zeroed", p.require_zeroed("the ROC chart"), "--")):
             fpr, tpr = roc_points(y, scores[scored])

@@ -19,57 +19,60 @@ from typing import Any
 
 import numpy as np
 
+from faceturn.config import from_dict
+from faceturn.errors import CorpusError, FaceturnError
+from faceturn.store import Corpus
+from faceturn.synth import TRUTH_FILE, SynthConfig, generate_conversation
+from faceturn.viz.figures import TimelineData, load_timeline
+
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
     """[channels, samples] float32 in [-1, 1] and the rate of a 16-bit PCM WAV (what every corpus writer writes)."""
     try:
         with wave.open(str(path), "rb") as w:
             if w.getsampwidth() != 2:
-                raise ValueError(f"{path}: {8 * w.getsampwidth()}-bit samples, expected 16-bit PCM")
+                raise CorpusError(f"{path}: {8 * w.getsampwidth()}-bit samples, expected 16-bit PCM")
             n_ch, rate_hz, n = w.getnchannels(), w.getframerate(), w.getnframes()
             raw = w.readframes(n)
     except (wave.Error, EOFError) as e:
-        raise ValueError(f"{path}: not a readable WAV file ({e})") from None
+        raise CorpusError(f"{path}: not a readable WAV file ({e})") from None
     except FileNotFoundError:
-        raise ValueError(f"{path}: audio file not found") from None
+        raise CorpusError(f"{path}: audio file not found") from None
     pcm = np.frombuffer(raw, dtype="<i2")
     if pcm.size != n * n_ch or n == 0:
-        raise ValueError(f"{path}: truncated or empty ({pcm.size} samples for {n} frames × {n_ch} channels)")
+        raise CorpusError(f"{path}: truncated or empty ({pcm.size} samples for {n} frames × {n_ch} channels)")
     return (pcm.reshape(n, n_ch).T.astype(np.float32) / 32768.0), rate_hz
 
 
 def _synthetic_waveform(root: Path, conv) -> tuple[np.ndarray, int] | None:
     """Regenerate a synthetic conversation's waveform, or None when the corpus is not synthetic."""
-    from faceturn.config import from_dict
-    from faceturn.synth import TRUTH_FILE, SynthConfig, generate_conversation
-
     info, truth_path = conv.meta.get("synth"), root / TRUTH_FILE
     if not isinstance(info, dict) or not truth_path.is_file():
         return None
     try:
         cfg = from_dict(SynthConfig, json.loads(truth_path.read_text())["config"])
     except (json.JSONDecodeError, KeyError) as e:
-        raise ValueError(f"{truth_path}: no generator config to regenerate audio from ({e})") from None
+        raise CorpusError(f"{truth_path}: no generator config to regenerate audio from ({e})") from None
     sc = generate_conversation(cfg, int(info["seed"]), int(info["index"]), audio=True)
     if not np.array_equal(sc.va, np.asarray(conv.va)):
-        raise ValueError(
+        raise CorpusError(
             f"{truth_path}: regenerating conversation {conv.id!r} from this config does not reproduce the stored "
             "voice activity, so its audio cannot be rebuilt; regenerate the corpus with `faceturn synth --audio`"
         )
     return sc.waveform, cfg.waveform.sample_rate_hz
 
 
-def conversation_audio(corpus, conversation_id: str) -> tuple[np.ndarray, int]:
+def conversation_audio(corpus: Corpus, conversation_id: str) -> tuple[np.ndarray, int]:
     """[2, n_samples] float32 (participant 0 and 1) and the sample rate of one conversation of a `Corpus`."""
     entry = corpus.entry(conversation_id)
     if entry.audio is not None:
         audio, rate_hz = read_wav(corpus.root / entry.audio)
         if audio.shape[0] != 2:
-            raise ValueError(f"{corpus.root / entry.audio}: {audio.shape[0]} channels, expected one per participant")
+            raise CorpusError(f"{corpus.root / entry.audio}: {audio.shape[0]} channels, expected one per participant")
         return audio, rate_hz
     regenerated = _synthetic_waveform(corpus.root, corpus.load(conversation_id))
     if regenerated is None:
-        raise ValueError(
+        raise CorpusError(
             f"{corpus.manifest_path}: conversation {conversation_id!r} has no audio (prepare the corpus with audio "
             "written, or generate it with `faceturn synth --audio`)"
         )
@@ -90,7 +93,7 @@ def mixed_window(audio: np.ndarray, rate_hz: int, start_s: float, end_s: float) 
 class Clip:
     """What a video or a viewer page shows of one conversation window."""
 
-    data: Any  # faceturn.viz.figures.TimelineData of the window
+    data: TimelineData  # the timeline of the window
     mono: np.ndarray  # [n_samples] float32, both participants mixed over the window
     rate_hz: int
     video: Path | None  # the interlocutor's face video, given or found; None: sound only
@@ -108,9 +111,6 @@ def load_clip(
     media_root: str | Path | None = None,
 ) -> Clip:
     """The timeline, sound and face video of a conversation window (arguments as `render_video`'s)."""
-    from faceturn.store import Corpus
-    from faceturn.viz.figures import load_timeline
-
     data = load_timeline(pred, conversation_id, perspective=perspective, start_s=start_s, end_s=end_s, corpus=corpus)
     store = Corpus(data.corpus_root)
     audio, rate_hz = conversation_audio(store, conversation_id)
@@ -130,7 +130,7 @@ def find_face_video(conv, participant: int, media_root: str | Path | None) -> Pa
         return None
     root = Path(media_root)
     if not root.is_dir():
-        raise ValueError(f"{root}: media folder not found")
+        raise FaceturnError(f"{root}: media folder not found")
     return next(iter(sorted(root.rglob(Path(name).name))), None)
 
 
@@ -140,18 +140,18 @@ def _open(path: Path, what: str):
     try:
         return av.open(str(path))
     except (av.FFmpegError, OSError) as e:
-        raise ValueError(f"{path}: unreadable {what} ({e})") from None
+        raise FaceturnError(f"{path}: unreadable {what} ({e})") from None
 
 
 def video_aspect(path: str | Path) -> float:
     """Width / height of the first video stream (after the sample aspect ratio)."""
     with _open(Path(path), "video") as c:
         if not c.streams.video:
-            raise ValueError(f"{path}: no video stream")
+            raise FaceturnError(f"{path}: no video stream")
         cc = c.streams.video[0].codec_context
         sar = float(cc.sample_aspect_ratio) if cc.sample_aspect_ratio else 1.0
         if not cc.width or not cc.height:
-            raise ValueError(f"{path}: video stream has no frame size")
+            raise FaceturnError(f"{path}: video stream has no frame size")
         return cc.width * sar / cc.height
 
 
@@ -199,7 +199,7 @@ class VideoFrames:
         self._container = _open(self.path, "video")
         if not self._container.streams.video:
             self._container.close()
-            raise ValueError(f"{path}: no video stream")
+            raise FaceturnError(f"{path}: no video stream")
         stream = self._container.streams.video[0]
         self._t0_s = (self._container.start_time or 0) / 1e6
         if start_s > 1.0 and stream.time_base is not None:  # jump to the keyframe before the window
@@ -234,7 +234,7 @@ class VideoFrames:
                     self._done = True
                     break
                 except self._av_error as e:
-                    raise ValueError(f"{self.path}: video cannot be decoded ({e})") from None
+                    raise FaceturnError(f"{self.path}: video cannot be decoded ({e})") from None
             if self._time(self._next) > time_s + 1e-6:
                 break
             shown, self._next = self._next, None

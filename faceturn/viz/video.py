@@ -16,8 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from faceturn.errors import FaceturnError
 from faceturn.io import atomic_write_bytes
+from faceturn.viz.figures import timeline_image
+from faceturn.viz.media import VideoFrames, add_audio_stream, load_clip, rgb_to_yuv420, video_aspect, yuv420_frame
 
 PLAYHEAD_RGB = (220, 20, 60)
 PLAYHEAD_PX = 4  # width of the playhead line (even: chroma is half resolution)
@@ -45,13 +49,9 @@ def render_video(
     face tracker read is looked up by name under `media_root`, and the clip has no face panel when none is found.
     """
     import av
-    from tqdm import tqdm
-
-    from faceturn.viz.figures import timeline_image
-    from faceturn.viz.media import VideoFrames, add_audio_stream, load_clip, rgb_to_yuv420, video_aspect, yuv420_frame
 
     if not (1.0 <= fps <= 60.0):
-        raise ValueError(f"fps must be between 1 and 60, got {fps}")
+        raise FaceturnError(f"fps must be between 1 and 60, got {fps}")
     if height_px % 2 or timeline_width_px % 2 or height_px < 240:
         raise ValueError(f"frame size {timeline_width_px}×{height_px} px must be even and at least 240 px high")
     clip = load_clip(pred, conversation_id, perspective=perspective, start_s=start_s, end_s=end_s, corpus=corpus,

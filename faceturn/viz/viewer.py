@@ -22,6 +22,8 @@ import numpy as np
 
 from faceturn.io import atomic_write_text
 from faceturn.timebase import FRAME_S
+from faceturn.viz.figures import timeline_image
+from faceturn.viz.media import VideoFrames, add_audio_stream, encode_audio_only, load_clip, video_aspect, yuv420_frame
 
 VIDEO_FPS = 25
 VIDEO_HEIGHT_PX = 360
@@ -103,8 +105,6 @@ def _face_video_webm(video: Path, mono: np.ndarray, rate_hz: int, start_s: float
     """The interlocutor's face video over [start_s, end_s) with the mixed sound, as VP9 + Opus WebM."""
     import av
 
-    from faceturn.viz.media import VideoFrames, add_audio_stream, video_aspect, yuv420_frame
-
     h = VIDEO_HEIGHT_PX
     w = max(2, min(round(h * video_aspect(video)), 2 * h) // 2 * 2)
     rate = Fraction(VIDEO_FPS)
@@ -148,9 +148,6 @@ def write_viewer(
     `video` / `media_root`: the interlocutor's face video, as in `render_video`; without one the page plays sound.
     """
     from matplotlib.image import imsave
-
-    from faceturn.viz.figures import timeline_image
-    from faceturn.viz.media import encode_audio_only, load_clip
 
     clip = load_clip(pred, conversation_id, perspective=perspective, start_s=start_s, end_s=end_s, corpus=corpus,
                      video=video, media_root=media_root)  # fmt: skip

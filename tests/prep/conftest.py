@@ -1,5 +1,5 @@
 """Session fixtures for the preparation tests: assets (skipped with a reason when they cannot be had) and small
-corpora written once in the on-disk formats of reference/datasets.md §4."""
+corpora written once in the on-disk formats the corpora are distributed in."""
 
 from __future__ import annotations
 

