@@ -26,14 +26,17 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from faceturn.errors import CheckpointError, ConfigError, CorpusError
+from faceturn.labels import EventConfig, turn_labels
 from faceturn.schema import N_CODEBOOKS, N_FACE
+from faceturn.store import Corpus
 from faceturn.timebase import duration_to_frames
 
 
@@ -47,17 +50,18 @@ class DataConfig:
     seed: int = 0  # the whole sample stream is a function of this seed
     train_split: str = "train"
     val_split: str = "val"
-    val_max_windows: int = 256  # validation uses at most this many fixed windows (evenly spaced over the tiling)
+    val_max_windows: int = field(default=256, metadata={"resumable": True})  # validation uses at most this many
+    #                                                 fixed windows (evenly spaced over the tiling)
 
     def __post_init__(self) -> None:
         if not self.window_s > 0:
-            raise ValueError(f"data.window_s must be > 0 seconds, got {self.window_s}")
+            raise ConfigError(f"data.window_s must be > 0 seconds, got {self.window_s}")
         if self.batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.face_dropout <= 1.0:
-            raise ValueError(f"data.face_dropout must be a probability in [0, 1], got {self.face_dropout}")
+            raise ConfigError(f"data.face_dropout must be a probability in [0, 1], got {self.face_dropout}")
         if self.val_max_windows < 1:
-            raise ValueError(f"data.val_max_windows must be >= 1, got {self.val_max_windows}")
+            raise ConfigError(f"data.val_max_windows must be >= 1, got {self.val_max_windows}")
 
     @property
     def window_frames(self) -> int:
@@ -97,6 +101,11 @@ class Batch:
         }
         return Batch(**moved)
 
+    def model_inputs(self) -> tuple[torch.Tensor, ...]:
+        """The five tensors `Model.forward` takes, in its order: `model(*batch.model_inputs(), audio=...)` works the
+        same on a plain, DDP-wrapped or compiled model, and no caller spells the order out."""
+        return self.text, self.self_codes, self.other_codes, self.face, self.face_present
+
     def without_face(self) -> Batch:
         """The same windows with the face zeroed (see module docstring)."""
         face, present = zero_face(self.face, self.face_present)
@@ -132,21 +141,18 @@ class WindowDataset:
         corpus_root: str | Path,
         split: str,
         window_frames: int,
-        event_config: Any = None,
+        event_config: EventConfig | None = None,
         max_cached_conversations: int = 1024,
     ) -> None:
-        from faceturn.labels import EventConfig
-        from faceturn.store import Corpus
-
         self.corpus = Corpus(corpus_root)
         self.split = split
         self.window_frames = int(window_frames)
         if self.window_frames < 1:
-            raise ValueError(f"window_frames must be >= 1, got {window_frames}")
+            raise ConfigError(f"window_frames must be >= 1, got {window_frames}")
         self.event_config = EventConfig() if event_config is None else event_config
         self.ids: list[str] = list(self.corpus.ids(split))
         if not self.ids:
-            raise ValueError(f"{self.corpus.root}: no conversations in split {split!r}")
+            raise CorpusError(f"{self.corpus.root}: no conversations in split {split!r}")
         by_id = {e.id: e for e in self.corpus.entries}
         self.n_frames = np.array([int(by_id[i].n_frames) for i in self.ids], dtype=np.int64)
         self._cache: OrderedDict[int, _Conversation] = OrderedDict()
@@ -169,7 +175,7 @@ class WindowDataset:
         raw = self.corpus.load(self.ids[index])
         t = raw.codes.shape[-1]
         if t != self.n_frames[index]:
-            raise ValueError(
+            raise CorpusError(
                 f"{self.corpus.root}: conversation {self.ids[index]!r} has {t} frames but the manifest says "
                 f"{self.n_frames[index]}"
             )
@@ -187,8 +193,6 @@ class WindowDataset:
         return conv
 
     def _compute_labels(self, va: np.ndarray) -> _Labels:
-        from faceturn.labels import turn_labels
-
         lab = turn_labels(np.asarray(va), self.event_config)
         holder = np.stack([np.asarray(lab.floor_relative(s), dtype=np.int8) for s in (0, 1)])
         return _Labels(y=np.asarray(lab.y, dtype=np.float32), m=np.asarray(lab.m, dtype=bool), holder=holder)
@@ -351,13 +355,13 @@ class WindowLoader:
         mine = self.state_dict()
         for key in ("seed", "face_dropout", "global_batch_size", "batch_size", "corpus_fingerprint"):
             if state.get(key) != mine[key]:
-                raise ValueError(
+                raise CheckpointError(
                     f"data loader state does not fit this run: {key} is {state.get(key)!r} in the checkpoint but "
                     f"{mine[key]!r} now"
                 )
         step = state.get("next_step")
         if not isinstance(step, int) or step < 0:
-            raise ValueError(f"data loader state: next_step must be an integer >= 0, got {step!r}")
+            raise CheckpointError(f"data loader state: next_step must be an integer >= 0, got {step!r}")
         self.next_step = step
 
 
@@ -385,7 +389,7 @@ def face_statistics(dataset: WindowDataset) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std of the face over face-present frames of a split (both participants).
 
     For the `standardize` encoder: fixed corpus statistics, so a channel's meaning never depends on the others.
-    A constant channel gets std 1 (it then stays constant, not blown up by a near-zero divisor).
+    The std is returned as measured; `Model.set_face_statistics` replaces a near-zero one (a constant channel) by 1.
     """
     total = np.zeros(N_FACE, np.float64)
     total_sq = np.zeros(N_FACE, np.float64)
@@ -398,8 +402,7 @@ def face_statistics(dataset: WindowDataset) -> tuple[np.ndarray, np.ndarray]:
         total_sq += (x * x).sum(0)
         count += x.shape[0]
     if count == 0:
-        raise ValueError(f"{dataset.corpus.root}: split {dataset.split!r} has no face-present frames")
+        raise CorpusError(f"{dataset.corpus.root}: split {dataset.split!r} has no face-present frames")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
-    std = np.where(std > 1e-6, std, 1.0)
     return mean.astype(np.float32), std.astype(np.float32)

@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of an imported Moshi backbone (moshi-finetune's recipe, reference/moshi.md §2, on `peft`).
+"""LoRA fine-tuning of an imported Moshi backbone (kyutai's moshi-finetune recipe, on `peft`).
 
 Every backbone `nn.Linear` gets a low-rank adapter, W·x + scaling·B(A·x) with A kaiming-uniform and B zero (so step 0
 is the imported model), as kyutai's LoRALinear: the temporal attention and FFN projections, `depformer_in`, every
@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
+
+from faceturn.errors import ConfigError, FaceturnError
+from faceturn.model import ModelConfig, from_config
+from faceturn.schema import N_FACE
 
 # Every backbone Linear, by module name (peft full-matches this against each module's qualified name).
 TARGET_MODULES = (
@@ -46,20 +52,20 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         if self.rank < 0 or not self.scaling > 0 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"lora.rank >= 0, lora.scaling > 0 and lora.dropout in [0, 1) needed, got {self.rank}, "
                 f"{self.scaling}, {self.dropout}"
             )
         allowed = ("face_encoder", "yield_head", "face_head")
         if any(m not in allowed for m in self.train_modules):
-            raise ValueError(f"lora.train_modules must be among {allowed}, got {list(self.train_modules)}")
+            raise ConfigError(f"lora.train_modules must be among {allowed}, got {list(self.train_modules)}")
 
 
 def _peft():
     try:
         import peft
     except ImportError:
-        raise RuntimeError("LoRA needs the `peft` package: pip install 'faceturn[lora]' (or ./setup.sh)") from None
+        raise FaceturnError("LoRA needs the `peft` package: pip install 'faceturn[lora]' (or ./setup.sh)") from None
     return peft
 
 
@@ -71,7 +77,7 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, frozen_dtype: torch.dtype | No
     """Add adapters to `model` in place and freeze all but them and `cfg.train_modules`; with `frozen_dtype`, the
     frozen matrices are cast to it (RMSNorm gains and trainable parameters keep theirs)."""
     if cfg.rank < 1:
-        raise ValueError("apply_lora needs lora.rank >= 1")
+        raise ConfigError("apply_lora needs lora.rank >= 1")
     peft = _peft()
     peft_cfg = peft.LoraConfig(
         r=cfg.rank, lora_alpha=cfg.scaling * cfg.rank, lora_dropout=cfg.dropout, target_modules=TARGET_MODULES,
@@ -108,9 +114,8 @@ def adapter_state_dict(model: nn.Module, cfg: LoraConfig) -> dict[str, torch.Ten
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """safetensors.save_file into a temporary name in the same folder, fsync, rename (never half a file)."""
-    from safetensors.torch import save_file
-
+    """safetensors.save_file into a temporary name in the same folder, fsync, rename (never half a file). Not
+    faceturn.io.atomic_write_bytes: that needs the serialized file in memory, a second copy of a merged 7B model."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -154,7 +159,9 @@ class MemoryEstimate:
         return max(0, (budget_bytes - self.frozen_weights - self.trainable_state) // self.activations_per_window)
 
 
-def estimate_memory(model_cfg, lora_cfg: LoraConfig, window_frames: int, activation_checkpointing: bool = True):
+def estimate_memory(
+    model_cfg: ModelConfig, lora_cfg: LoraConfig, window_frames: int, activation_checkpointing: bool = True
+):
     """Size one training step of `model_cfg` with LoRA `lora_cfg` on windows of `window_frames`, in bf16 autocast.
 
     Parameters are counted exactly on a meta-device model with the adapters in place. Activations are measured, not
@@ -163,11 +170,6 @@ def estimate_memory(model_cfg, lora_cfg: LoraConfig, window_frames: int, activat
     log-sum-exp instead of the [heads, L, L] probabilities of the meta (math) kernel, and the cross-entropy's
     log-softmax is fp32 (autocast). With activation checkpointing a layer keeps only its input, and the backward pass
     holds one layer's activations at a time (the largest)."""
-    import torch.nn.functional as F
-
-    from faceturn.model import from_config
-    from faceturn.schema import N_FACE
-
     model = from_config(model_cfg, device="meta").to(torch.bfloat16)
     apply_lora(model, lora_cfg)
     frozen = sum(

@@ -30,8 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from faceturn.checkpoint import load_model
+from faceturn.errors import CheckpointError, ConfigError, FaceturnError
 from faceturn.model import N_STREAMS, ZERO_TOKEN, KVCache, Model
 from faceturn.schema import N_CODEBOOKS, N_FACE
+from faceturn.timebase import frames_to_seconds
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,10 @@ class Sampling:
         for name in ("audio_temperature", "text_temperature"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be finite and >= 0 (0 = greedy), got {value}")
+                raise ConfigError(f"{name} must be finite and >= 0 (0 = greedy), got {value}")
         for name in ("audio_top_k", "text_top_k"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 = no top-k), got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0 (0 = no top-k), got {getattr(self, name)}")
 
 
 GREEDY = Sampling()
@@ -120,8 +123,6 @@ class TurnYieldStream:
     @classmethod
     def from_run(cls, run_or_checkpoint: str | Path, batch_size: int = 1, device: str = "cpu") -> TurnYieldStream:
         """A stream over a trained model: a run folder (its newest checkpoint) or a checkpoint folder."""
-        from faceturn.checkpoint import load_model
-
         model, _ = load_model(run_or_checkpoint, device=device)
         return cls(model, batch_size)
 
@@ -172,7 +173,7 @@ class TurnYieldStream:
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {list(shape)}")
         if t.numel() and (int(t.min()) < ZERO_TOKEN or int(t.max()) >= card):
-            raise ValueError(f"{name} values must lie in [-1, {card}) (-1 = no token), got [{int(t.min())}, "
+            raise FaceturnError(f"{name} values must lie in [-1, {card}) (-1 = no token), got [{int(t.min())}, "
                              f"{int(t.max())}]")  # fmt: skip
         return t.to(self.device, torch.long)
 
@@ -191,7 +192,7 @@ class TurnYieldStream:
         bad = present & ~torch.isfinite(face).all(-1)
         if bad.any():
             rows = bad.nonzero().flatten().tolist()
-            raise ValueError(f"other_face holds NaN or infinite values where face_present is set (rows {rows})")
+            raise FaceturnError(f"other_face holds NaN or infinite values where face_present is set (rows {rows})")
         return face.to(self.device, torch.float32), present.to(self.device)
 
     def _frame_tokens(self, self_codes, other_codes, text) -> Tensor:
@@ -216,7 +217,9 @@ class TurnYieldStream:
         logits = self.model.yield_head(self._h)[:, 0].float()
         if not torch.isfinite(logits).all():
             rows = (~torch.isfinite(logits)).nonzero().flatten().tolist()
-            raise ValueError(f"the model produced a non-finite P(yield) on rows {rows}: its weights are not finite")
+            raise CheckpointError(
+                f"the model produced a non-finite P(yield) on rows {rows}: its weights are not finite"
+            )
         return logits
 
     def _push(self, tokens: Tensor) -> None:
@@ -400,9 +403,9 @@ class AlertTrigger:
 
     def __init__(self, threshold: float = 0.5, hysteresis: float = 0.1):
         if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+            raise FaceturnError(f"threshold must lie in (0, 1), got {threshold}")
         if not 0.0 <= hysteresis < threshold:
-            raise ValueError(f"hysteresis must lie in [0, threshold={threshold}), got {hysteresis}")
+            raise FaceturnError(f"hysteresis must lie in [0, threshold={threshold}), got {hysteresis}")
         self.threshold, self.hysteresis = threshold, hysteresis
         self.armed = True
 
@@ -434,8 +437,6 @@ class AlertScore:
 
 def score_alerts(alert_frames: Sequence[int], handover_frames: Sequence[int], horizon_frames: int) -> AlertScore:
     """Score alert frames against hand-over frames (both frame indices) with the turn-yield horizon."""
-    from faceturn.timebase import frames_to_seconds
-
     if horizon_frames < 1:
         raise ValueError(f"horizon_frames must be >= 1, got {horizon_frames}")
     alerts, handovers = sorted(int(a) for a in alert_frames), sorted(int(h) for h in handover_frames)

@@ -8,18 +8,21 @@ import numpy as np
 import pytest
 
 from faceturn.cli import main
+from faceturn.errors import FaceturnError
+from faceturn.eval.analyze import AnalyzeConfig, analyze
 from faceturn.eval.evaluate import check_predictions, evaluate_predictions, frame_metrics
-from faceturn.eval.predict import Predictions, predict, window_starts
-from faceturn.eval.stats import roc_auc
+from faceturn.eval.predict import Predictions, predict, predict_zero_sets, window_starts
 from faceturn.labels import turn_labels
+from faceturn.recipe import load_train_config
+from faceturn.stats import roc_auc
 from faceturn.store import Corpus
+from faceturn.synth import generate_corpus, load_preset
+from faceturn.train import train
+from faceturn.viz.figures import load_timeline
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from faceturn.synth import generate_corpus, load_preset
-    from faceturn.train import load_train_config, train
-
     root = tmp_path_factory.mktemp("eval_pipeline")
     corpus = root / "corpus"
     cfg = load_preset("tight", ["floor.duration_min_s=50.0", "floor.duration_max_s=70.0"])
@@ -114,10 +117,8 @@ def test_evaluate_refuses_mismatched_or_broken_predictions(tmp_path, trained, pr
 
 
 def test_analyze_reports_every_figure_with_a_ci(trained):
-    from faceturn.eval.analyze import AnalyzeConfig, analyze
-
     corpus, run, split = trained
-    res = analyze(run, corpus, AnalyzeConfig(split=split, max_windows=16, resamples=100), progress=False)
+    res = analyze(run, corpus, AnalyzeConfig(split=split, max_windows=16, resamples=100))
     for key in ("delta_nll_semantic", "delta_nll_acoustic", "kl_semantic"):
         v = res["prediction_change"][key]
         assert np.isfinite(v["value"]) and v["ci"][0] <= v["ci"][1]
@@ -129,8 +130,6 @@ def test_analyze_reports_every_figure_with_a_ci(trained):
 def test_no_zeroed_predictions_serve_attribution_but_not_evaluate(tmp_path, trained, predictions, capsys):
     """`predict --no-zeroed` skips the face-zeroed pass: P(yield) with the face is the same, the file round-trips
     without p_zeroed, and everything that needs the zeroed condition refuses it by name."""
-    from faceturn.viz.figures import load_timeline
-
     corpus, run, split = trained
     out = tmp_path / "face-only.npz"
     assert main(["predict", "--run", str(run), "--corpus", str(corpus), "--split", split, "--out", str(out),
@@ -151,3 +150,23 @@ def test_no_zeroed_predictions_serve_attribution_but_not_evaluate(tmp_path, trai
     np.savez(tmp_path / "lying.npz", **arrays)
     with pytest.raises(ValueError, match="disagree on whether p_zeroed was written"):
         Predictions.load(tmp_path / "lying.npz")
+
+
+def test_posthoc_zero_sets_are_forward_arguments_with_typed_headers(tmp_path, trained, predictions):
+    """Post-hoc zero sets are arguments of the forward pass: the trained set reproduces `predict` exactly, every
+    header holds sorted lists of group names (valid only for the trained set), and a header whose zero set is text
+    instead of such a list is refused."""
+    corpus, run, split = trained
+    same, extra = predict_zero_sets(
+        run, corpus, split, [[], ["eye_gaze", "brow"]], batch_size=8, progress=False, zeroed=False
+    )
+    assert np.array_equal(same.p_face, predictions.p_face)
+    assert same.meta["eval_zero_groups"] == same.meta["zero_groups"] == ["head_trans"] and same.meta["valid"]
+    assert extra.meta["eval_zero_groups"] == ["brow", "eye_gaze", "head_trans"] and not extra.meta["valid"]
+    assert not np.array_equal(extra.p_face, same.p_face)
+    extra.save(tmp_path / "extra.npz")
+    assert Predictions.load(tmp_path / "extra.npz").meta["eval_zero_groups"] == ["brow", "eye_gaze", "head_trans"]
+    text = Predictions(**{**extra.__dict__, "meta": {**extra.meta, "eval_zero_groups": "brow,eye_gaze,head_trans"}})
+    text.save(tmp_path / "text.npz")
+    with pytest.raises(FaceturnError, match="eval_zero_groups must be a list of face group names"):
+        Predictions.load(tmp_path / "text.npz")

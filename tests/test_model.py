@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from faceturn.config import ConfigError
+from faceturn.errors import SchemaError
 from faceturn.model import (
     MOSHI_DELAYS,
     Attention,
@@ -148,7 +149,7 @@ def test_output_shapes_and_masks():
 
 
 def moshi_7b_shapes() -> dict[str, tuple[int, ...]]:
-    """The runtime state-dict keys and shapes of kyutai's Moshi 7B (reference/moshi.md §1.6), written out."""
+    """The runtime state-dict keys and shapes of kyutai's Moshi 7B checkpoint, written out."""
     s: dict[str, tuple[int, ...]] = {f"emb.{k}.weight": (2049, 4096) for k in range(16)}
     s |= {"text_emb.weight": (32001, 4096), "text_linear.weight": (32000, 4096), "out_norm.alpha": (1, 1, 4096),
           "depformer_text_emb.weight": (32001, 1024)}  # fmt: skip
@@ -421,6 +422,26 @@ def test_layernorm_normalizes_across_channels_standardize_does_not():
         assert torch.allclose(a, b, atol=1e-6) == blind, face_norm
 
 
+def test_zero_groups_argument_is_the_wider_config_and_leaves_the_model_alone():
+    """`forward(zero_groups=...)` (post-hoc zeroing) gives exactly what a model whose config zeroes those groups too
+    gives, in every output, and leaves the model as it was, also when the call fails."""
+    base = make_model(dataclasses.replace(CFG, zero_groups=("head_trans",)))
+    wider = make_model(dataclasses.replace(CFG, zero_groups=("head_trans", "brow")))
+    wider.load_state_dict(base.state_dict())
+    inputs = make_inputs()
+    keep = base.face_encoder.keep.clone()
+    before = base(**inputs)
+    posthoc, expected = base(**inputs, zero_groups=("brow",)), wider(**inputs)
+    for name in ("text_logits", "audio_logits", "face_pred", "face_target", "face_channel_mask", "yield_logits",
+                 "hidden"):  # fmt: skip
+        assert torch.equal(getattr(posthoc, name), getattr(expected, name)), name
+    assert not torch.equal(posthoc.yield_logits, before.yield_logits)
+    with pytest.raises(SchemaError, match="unknown face group 'ears'"):
+        base(**inputs, zero_groups=("brow", "ears"))
+    assert torch.equal(base.face_encoder.keep, keep)
+    assert torch.equal(base(**inputs).yield_logits, before.yield_logits)
+
+
 def test_face_zero_init_leaves_a_pretrained_model_unchanged():
     model = make_model(dataclasses.replace(CFG, face_zero_init=True))
     with torch.no_grad():
@@ -589,7 +610,7 @@ def test_named_configs_load_build_and_validate():
     assert (seven.depformer_dim, seven.depformer_num_layers, seven.depformer_num_heads) == (1024, 6, 16)
     assert (seven.depformer_dim_feedforward, seven.text_card, seven.card) == (4224, 32000, 2048)
     assert load_model_config("tiny", ["dim=96", "zero_groups=['brow']"]).dim == 96
-    with pytest.raises(ConfigError, match="unknown model config 'huge'"):
+    with pytest.raises(ConfigError, match="unknown model shape 'huge'"):
         load_model_config("huge")
     with pytest.raises(ConfigError, match="even size"):
         load_model_config("tiny", ["num_heads=64"])  # head dim 1

@@ -24,10 +24,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from faceturn.checkpoint import load_model, resolve_checkpoint
+from faceturn.data import WindowDataset, validation_batches, validation_windows
+from faceturn.stats import cluster_bootstrap_ratio, paired_cluster_bootstrap
 
 
 @dataclass(frozen=True)
 class AnalyzeConfig:
+    """Where and how much step 2 measures; saved in its result, so a number can be traced to its settings."""
+
     split: str = "test"  # where the measurements are made
     probe_train_split: str = "train"  # where the hidden-state probes are fitted
     max_windows: int = 256  # fixed windows per split (evenly spaced over a tiling, both perspectives)
@@ -45,17 +54,14 @@ def _readouts(model) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def _collect(model, dataset, windows, batch_size: int, readouts: dict, rng: np.random.Generator):
-    from faceturn.data import validation_batches
-
     cols: dict[str, list[np.ndarray]] = {}
 
     def add(key, value):
         cols.setdefault(key, []).append(np.asarray(value))
 
     for batch in validation_batches(dataset, windows, batch_size):
-        out = model(batch.text, batch.self_codes, batch.other_codes, batch.face, batch.face_present)
-        z = batch.without_face()
-        out_z = model(z.text, z.self_codes, z.other_codes, z.face, z.face_present)
+        out = model(*batch.model_inputs())
+        out_z = model(*batch.without_face().model_inputs())
         conv = np.array(batch.conversation)[:, None].repeat(batch.text.shape[1], 1)
         # audio: per codebook-frame NLL and KL on the semantic codebook
         am = out.audio_mask
@@ -97,22 +103,14 @@ def _collect(model, dataset, windows, batch_size: int, readouts: dict, rng: np.r
 
 
 def _probe_auc(train: dict, test: dict, key: str, stride: int, seed: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     sel = np.arange(0, train["y"].size, stride)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
     model.fit(train[key][sel], train["y"][sel])
     return model.predict_proba(test[key])[:, 1]
 
 
-def analyze(run: str | Path, corpus: str | Path, config: AnalyzeConfig = AnalyzeConfig(), progress: bool = True):
+def analyze(run: str | Path, corpus: str | Path, config: AnalyzeConfig = AnalyzeConfig()) -> dict[str, Any]:
     """All step-2 measurements of one trained model on one corpus; a JSON-ready dict."""
-    from faceturn.checkpoint import load_model, resolve_checkpoint
-    from faceturn.data import WindowDataset, validation_windows
-    from faceturn.eval.stats import cluster_bootstrap_ratio, paired_cluster_bootstrap
-
     ckpt = resolve_checkpoint(run)
     model, train_cfg = load_model(ckpt)
     readouts = _readouts(model)

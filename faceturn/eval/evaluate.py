@@ -2,10 +2,10 @@
 
 - Per-frame ROC-AUC of P(yield) with the face as given vs with the face zeroed, paired over identical scored frames,
   with a conversation-clustered bootstrap CI on ΔAUC; overall and by who holds the floor (self / interlocutor).
-- VAP-convention events (reference/anchors.md §3.1), recomputed from the corpus' voice activity: shift vs hold at
-  silences (event score = mean P(yield) over the silence; AUC, and balanced accuracy at the threshold chosen on the
-  validation predictions), shift prediction (mean P(yield) over the 0.5 s before the silence), and shift/hold AUC
-  by silence-duration bin. Each event is scored from both perspectives; CIs cluster by conversation.
+- Events as the VAP papers (Ekstedt & Skantze) define them, recomputed from the corpus' voice activity: shift vs
+  hold at silences (event score = mean P(yield) over the silence; AUC, and balanced accuracy at the threshold chosen
+  on the validation predictions), shift prediction (mean P(yield) over the 0.5 s before the silence), and shift/hold
+  AUC by silence-duration bin. Each event is scored from both perspectives; CIs cluster by conversation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from faceturn.config import from_dict
+from faceturn.errors import FaceturnError
 from faceturn.eval.predict import Predictions
+from faceturn.labels import EventConfig, turn_labels
+from faceturn.stats import balanced_accuracy_at, best_threshold, paired_cluster_bootstrap
+from faceturn.store import Corpus
 
 CONDITIONS = ("face", "zeroed")
 
@@ -27,22 +32,20 @@ def check_predictions(pred: Predictions, *, corpus: str | Path | None = None, sp
     meta = pred.meta
     pred.require_zeroed("evaluate (face vs zeroed)")
     if corpus is not None and Path(meta["corpus"]) != Path(corpus).resolve():
-        raise ValueError(f"predictions are for corpus {meta['corpus']}, not {Path(corpus).resolve()}")
+        raise FaceturnError(f"predictions are for corpus {meta['corpus']}, not {Path(corpus).resolve()}")
     if split is not None and meta["split"] != split:
-        raise ValueError(f"predictions are for split {meta['split']!r}, not {split!r}")
+        raise FaceturnError(f"predictions are for split {meta['split']!r}, not {split!r}")
     if corpus is not None:
-        from faceturn.store import Corpus
-
         expected = set(Corpus(corpus).ids(meta["split"]))
         have = {meta["conversations"][i] for i in np.unique(pred.conversation)}
         missing = sorted(expected - have)
         if missing:
-            raise ValueError(f"predictions lack {len(missing)} conversations of split {meta['split']!r}: {missing[:5]}")
+            raise FaceturnError(
+                f"predictions lack {len(missing)} conversations of split {meta['split']!r}: {missing[:5]}"
+            )
 
 
 def _auc_block(y, scores: dict[str, np.ndarray], clusters, n_resamples: int, seed: int) -> dict[str, Any]:
-    from faceturn.eval.stats import paired_cluster_bootstrap
-
     if y.size == 0 or y.min() == y.max():
         return {"n_frames": int(y.size), "n_positive": int(y.sum()), "note": "no positives or no negatives"}
     return paired_cluster_bootstrap(y, scores, clusters, n_resamples=n_resamples, seed=seed).to_dict()
@@ -52,7 +55,7 @@ def frame_metrics(pred: Predictions, n_resamples: int = 2000, seed: int = 0) -> 
     """Face vs zeroed AUC with paired ΔAUC CI, overall and by floor holder, on scored frames."""
     scored = pred.m.astype(bool)
     if not scored.any() or pred.y[scored].min() == pred.y[scored].max():
-        raise ValueError(
+        raise FaceturnError(
             f"split {pred.meta['split']!r} has no scored frames with both classes "
             f"({int(pred.y[scored].sum())} positive of {int(scored.sum())}): AUC is undefined"
         )
@@ -67,13 +70,14 @@ def frame_metrics(pred: Predictions, n_resamples: int = 2000, seed: int = 0) -> 
     return out
 
 
+def _event_config(pred: Predictions) -> EventConfig:
+    """The turn-label settings the model was trained with: events are cut exactly as its targets were."""
+    return from_dict(EventConfig, pred.meta["train_config"]["labels"])
+
+
 def event_scores(pred: Predictions, corpus: str | Path) -> dict[str, np.ndarray]:
     """Per (event, perspective) scores of the VAP events of every conversation in the prediction file."""
-    from faceturn.config import from_dict
-    from faceturn.labels import EventConfig, turn_labels
-    from faceturn.store import Corpus
-
-    cfg = from_dict(EventConfig, pred.meta["train_config"]["labels"])
+    cfg = _event_config(pred)
     store = Corpus(corpus)
     rows: dict[str, list] = {k: [] for k in ("conversation", "is_shift", "balanced", "bin", "spred", "spred_balanced")}
     rows.update({f"{kind}_{c}": [] for kind in ("sh", "spred") for c in CONDITIONS})
@@ -84,7 +88,9 @@ def event_scores(pred: Predictions, corpus: str | Path) -> dict[str, np.ndarray]
     for a, b in itertools.pairwise(bounds):
         ci, n = int(conv[a]), b - a
         if not np.array_equal(frame[a:b], np.arange(n)):
-            raise ValueError(f"predictions of conversation {pred.meta['conversations'][ci]!r} do not cover every frame")
+            raise FaceturnError(
+                f"predictions of conversation {pred.meta['conversations'][ci]!r} do not cover every frame"
+            )
         va = np.asarray(store.load(pred.meta["conversations"][ci]).va, dtype=np.float32)
         ev = turn_labels(va, cfg).events
         for i in range(ev.is_shift.size):
@@ -106,8 +112,6 @@ def event_metrics(
     pred: Predictions, corpus: str | Path, val: Predictions | None = None, n_resamples: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
     """Shift/hold AUC and balanced accuracy (threshold from `val`), S-pred AUC, shift/hold AUC per silence bin."""
-    from faceturn.eval.stats import balanced_accuracy_at, best_threshold
-
     ev = event_scores(pred, corpus)
     out: dict[str, Any] = {}
     sel = ev["balanced"]
@@ -131,10 +135,7 @@ def event_metrics(
     out["shift_prediction"] = _auc_block(
         ev["is_shift"][sp], {c: ev[f"spred_{c}"][sp] for c in CONDITIONS}, ev["conversation"][sp], n_resamples, seed
     )
-    from faceturn.config import from_dict
-    from faceturn.labels import EventConfig
-
-    bins = from_dict(EventConfig, pred.meta["train_config"]["labels"]).silence_bins_s
+    bins = _event_config(pred).silence_bins_s
     out["shift_hold_by_silence_s"] = {}
     for bi, lo in enumerate(bins):
         hi = bins[bi + 1] if bi + 1 < len(bins) else None

@@ -4,20 +4,31 @@ For every conversation of a split and both perspectives, the model reads the con
 training length with half-window overlap (each frame but the first half-window of a conversation is predicted with
 at least half a window of context), once with the face as given and once with the whole face zeroed (values 0,
 face_present 0 — the learned missing vector, as in training's face dropout). The checkpoint's own `zero_groups`
-apply in both. The file is an `.npz` of plain arrays (read with `allow_pickle=False`) plus a JSON header naming the
-corpus, split, checkpoint and configs, so `evaluate` can refuse a file that does not match what it is asked about.
+apply in both; groups zeroed post hoc are an argument of the model's forward pass, so the loaded model is never
+altered. The file is an `.npz` of plain arrays (read with `allow_pickle=False`) plus a JSON header naming the corpus,
+split, checkpoint and configs, so `evaluate` can refuse a file that does not match what it is asked about; its zero
+sets (`zero_groups` as trained, `eval_zero_groups` as evaluated) are sorted lists of face group names.
 """
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from faceturn.checkpoint import load_model, resolve_checkpoint
+from faceturn.config import to_dict
+from faceturn.data import WindowDataset
+from faceturn.errors import FaceturnError
+from faceturn.io import atomic_write_bytes
+from faceturn.schema import group_indices
 
 FORMAT = "faceturn-predictions/1"
 
@@ -39,15 +50,11 @@ class Predictions:
     hidden_zeroed: np.ndarray | None = None
 
     def save(self, path: str | Path) -> None:
-        from faceturn.io import atomic_write_bytes
-
         arrays = {k: getattr(self, k) for k in _ARRAYS}
         for k in ("p_zeroed", "hidden_face", "hidden_zeroed"):
             if getattr(self, k) is not None:
                 arrays[k] = getattr(self, k)
         arrays["meta"] = np.frombuffer(json.dumps(self.meta, sort_keys=True).encode(), dtype=np.uint8)
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         atomic_write_bytes(Path(path), buf.getvalue())
@@ -59,30 +66,34 @@ class Predictions:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
         except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable prediction file ({e})") from None
+            raise FaceturnError(f"{path}: not a readable prediction file ({e})") from None
         missing = [k for k in (*_ARRAYS, "meta") if k not in data]
         if missing:
-            raise ValueError(f"{path}: not a faceturn prediction file (missing {missing})")
+            raise FaceturnError(f"{path}: not a faceturn prediction file (missing {missing})")
         meta = json.loads(bytes(data.pop("meta")).decode())
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+            raise FaceturnError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
         n = data["p_face"].shape[0]
         bad = [k for k in _ARRAYS if data[k].shape[0] != n]
         if bad:
-            raise ValueError(f"{path}: arrays {bad} do not have {n} rows")
+            raise FaceturnError(f"{path}: arrays {bad} do not have {n} rows")
         if meta.get("zeroed", True) != ("p_zeroed" in data):
-            raise ValueError(f"{path}: the header and the arrays disagree on whether p_zeroed was written")
+            raise FaceturnError(f"{path}: the header and the arrays disagree on whether p_zeroed was written")
+        for k in ("zero_groups", "eval_zero_groups"):
+            groups = meta.get(k, [])
+            if not (isinstance(groups, list) and all(isinstance(g, str) for g in groups)):
+                raise FaceturnError(f"{path}: header {k} must be a list of face group names, got {groups!r}")
         for k in ("p_face", "p_zeroed"):
             if k in data and data[k].shape[0] != n:
-                raise ValueError(f"{path}: {k} has {data[k].shape[0]} rows, the other arrays {n}")
+                raise FaceturnError(f"{path}: {k} has {data[k].shape[0]} rows, the other arrays {n}")
             if k in data and not np.isfinite(data[k]).all():
-                raise ValueError(f"{path}: {int((~np.isfinite(data[k])).sum())} non-finite values in {k}")
+                raise FaceturnError(f"{path}: {int((~np.isfinite(data[k])).sum())} non-finite values in {k}")
         return cls(meta=meta, **{"p_zeroed": None, **data})
 
     def require_zeroed(self, what: str) -> np.ndarray:
         """P(yield) with the face zeroed, or a clear error for a file written without it."""
         if self.p_zeroed is None:
-            raise ValueError(
+            raise FaceturnError(
                 f"predictions of {self.meta.get('checkpoint')} were written with --no-zeroed (face as given only); "
                 f"{what} needs P(yield) with the face zeroed: run `faceturn predict` without --no-zeroed"
             )
@@ -107,29 +118,18 @@ def window_starts(n_frames: int, window_frames: int) -> list[tuple[int, int]]:
     return out
 
 
-@torch.no_grad()
 def predict(
-    run: str | Path,
-    corpus: str | Path,
-    split: str,
-    *,
-    batch_size: int = 16,
-    hidden: bool = False,
-    device: str = "cpu",
-    progress: bool = True,
-    posthoc_zero_groups: Sequence[str] = (),
+    run: str | Path, corpus: str | Path, split: str, *, posthoc_zero_groups: Iterable[str] = (), **options: Any
 ) -> Predictions:
-    """Run a trained model over every conversation of a split, both perspectives, face as given and zeroed.
+    """Run a trained model over every conversation of a split, both perspectives, face as given and zeroed
+    (`options`: those of `predict_zero_sets`).
 
     `posthoc_zero_groups` zeroes more face groups at evaluation only, inside the face encoder exactly as training's
     `zero_groups` would (before the normalization). Such predictions carry `meta["valid"] = False` unless the
     checkpoint was trained with exactly that zero set: the model never saw those inputs, so a drop in AUC mixes the
     group's information with the distribution shift (with `layernorm`, zeroing large channels rescales all others).
     """
-    return predict_zero_sets(
-        run, corpus, split, [posthoc_zero_groups], batch_size=batch_size, hidden=hidden, device=device,
-        progress=progress,
-    )[0]  # fmt: skip
+    return predict_zero_sets(run, corpus, split, [posthoc_zero_groups], **options)[0]
 
 
 @torch.no_grad()
@@ -137,7 +137,7 @@ def predict_zero_sets(
     run: str | Path,
     corpus: str | Path,
     split: str,
-    zero_sets: Sequence[Sequence[str]],
+    zero_sets: Sequence[Iterable[str]],
     *,
     batch_size: int = 16,
     hidden: bool = False,
@@ -145,25 +145,18 @@ def predict_zero_sets(
     progress: bool = True,
     zeroed: bool = True,
 ) -> list[Predictions]:
-    """`predict` for several post-hoc zero sets in one pass over the data: one Predictions per set, sharing the
-    face-zeroed forward pass (with the whole face absent, which groups are zeroed makes no difference).
-    `zeroed=False` skips that pass (p_zeroed None): what the attribution's left-out models need, at half the cost."""
-    from tqdm import tqdm
-
-    from faceturn.checkpoint import load_model, resolve_checkpoint
-    from faceturn.config import to_dict
-    from faceturn.data import WindowDataset
-    from faceturn.schema import group_indices
-
+    """`predict` for several post-hoc zero sets (face group names) in one pass over the data: one Predictions per
+    set, sharing the face-zeroed forward pass (with the whole face absent, which groups are zeroed makes no
+    difference). `zeroed=False` skips that pass (p_zeroed None): what the attribution's left-out models need, at half
+    the cost."""
+    if any(isinstance(z, str) for z in zero_sets):
+        raise TypeError(f"each zero set is a collection of face group names, not one string: {list(zero_sets)}")
     ckpt = resolve_checkpoint(run)
     model, train_cfg = load_model(ckpt, device=device)
-    trained_zero = sorted(model.cfg.zero_groups)
-    eval_zero = [sorted(set(trained_zero) | set(z)) for z in zero_sets]
-    keeps = []
+    trained_zero = sorted(set(model.cfg.zero_groups))
+    eval_zero = [sorted(set(trained_zero).union(z)) for z in zero_sets]  # as evaluated: trained plus post hoc
     for z in eval_zero:
-        keep = model.face_encoder.keep.clone()
-        keep[group_indices(z)] = 0.0
-        keeps.append(keep)
+        group_indices(z)  # unknown names fail before the pass over the data
     window = train_cfg.data.window_frames
     ds = WindowDataset(corpus, split, window, event_config=train_cfg.labels)
     jobs = []  # (conversation index, self speaker, start, first kept frame)
@@ -175,14 +168,9 @@ def predict_zero_sets(
     for i in tqdm(range(0, len(jobs), batch_size), desc=f"predict {split}", disable=not progress, unit="batch"):
         chunk = jobs[i : i + batch_size]
         batch = ds.batch([(ci, s, start, False) for ci, s, start, _ in chunk]).to(device)
-        outs = []
-        for keep in keeps:
-            model.face_encoder.keep.copy_(keep)
-            outs.append(model(batch.text, batch.self_codes, batch.other_codes, batch.face, batch.face_present,
-                              audio=False))  # fmt: skip
+        outs = [model(*batch.model_inputs(), audio=False, zero_groups=z) for z in eval_zero]
         if zeroed:
-            z = batch.without_face()
-            out_z = model(z.text, z.self_codes, z.other_codes, z.face, z.face_present, audio=False)
+            out_z = model(*batch.without_face().model_inputs(), audio=False)
             p_zero = torch.sigmoid(out_z.yield_logits.float()).cpu().numpy()
         p_faces = [torch.sigmoid(o.yield_logits.float()).cpu().numpy() for o in outs]
         for j, (ci, s, start, keep) in enumerate(chunk):

@@ -14,8 +14,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
 
+from faceturn.errors import CorpusError
+from faceturn.labels import EventConfig, turn_labels
 from faceturn.schema import FACE_GROUPS, N_FACE, group_indices
+from faceturn.stats import circular_shift_labels, paired_cluster_bootstrap, shuffled_labels
+from faceturn.store import Corpus
 from faceturn.timebase import duration_to_frames
 
 
@@ -45,14 +54,14 @@ class ProbeData:
     conversation_ids: list[str] = field(default_factory=list)
 
 
-def probe_windows(corpus, config: ProbeConfig = ProbeConfig(), labels_config=None) -> ProbeData:
+def probe_windows(
+    corpus: Corpus, config: ProbeConfig = ProbeConfig(), labels_config: EventConfig | None = None
+) -> ProbeData:
     """Collect face windows ending at scored frames, from both perspectives of every conversation in the split."""
-    from faceturn.labels import EventConfig, turn_labels
-
     labels_config = labels_config or EventConfig()
     ids = corpus.ids(None if config.split == "all" else config.split)
     if not ids:
-        raise ValueError(f"{corpus.root}: no conversations in split {config.split!r}")
+        raise CorpusError(f"{corpus.root}: no conversations in split {config.split!r}")
     w = config.window_frames
     windows, targets, convs = [], [], []
     for ci, conv_id in enumerate(ids):
@@ -69,7 +78,7 @@ def probe_windows(corpus, config: ProbeConfig = ProbeConfig(), labels_config=Non
             targets.append(lab.y[frames])
             convs.append(np.full(frames.size, ci, dtype=np.int64))
     if not windows:
-        raise ValueError(f"{corpus.root}: no scored frames with a full {w}-frame window in split {config.split!r}")
+        raise CorpusError(f"{corpus.root}: no scored frames with a full {w}-frame window in split {config.split!r}")
     data = ProbeData(np.concatenate(windows), np.concatenate(targets), np.concatenate(convs), list(ids))
     if data.y.size > config.max_frames:
         keep = np.sort(np.random.default_rng(config.seed).choice(data.y.size, config.max_frames, replace=False))
@@ -81,19 +90,14 @@ def out_of_fold_scores(
     windows: np.ndarray, y: np.ndarray, groups: np.ndarray, channels: list[int], config: ProbeConfig
 ) -> np.ndarray:
     """Pooled out-of-fold P(y=1) of a standardized logistic regression on the chosen channels, folds by group."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     x = windows[:, :, channels].reshape(len(windows), -1)
     n_groups = np.unique(groups).size
     if n_groups < 2:
-        raise ValueError(f"need at least 2 conversations for grouped cross-validation, got {n_groups}")
+        raise CorpusError(f"need at least 2 conversations for grouped cross-validation, got {n_groups}")
     scores = np.empty(len(y), dtype=np.float64)
     for train, test in GroupKFold(n_splits=min(config.folds, n_groups)).split(x, y, groups):
         if np.unique(y[train]).size < 2:
-            raise ValueError("a training fold has only one class; use more conversations or fewer folds")
+            raise CorpusError("a training fold has only one class; use more conversations or fewer folds")
         model = make_pipeline(StandardScaler(), LogisticRegression(C=config.regularization_c, max_iter=1000))
         model.fit(x[train], y[train])
         scores[test] = model.predict_proba(x[test])[:, 1]
@@ -101,16 +105,14 @@ def out_of_fold_scores(
 
 
 def _auc_with_ci(y, scores, groups, config: ProbeConfig) -> dict[str, Any]:
-    from faceturn.eval.stats import paired_cluster_bootstrap
-
     res = paired_cluster_bootstrap(y, {"auc": scores}, groups, n_resamples=config.resamples, seed=config.seed)
     return {"auc": res.auc["auc"], "ci": list(res.ci["auc"]), "n_frames": res.n_frames, "n_positive": res.n_positive}
 
 
-def run_probe(corpus, config: ProbeConfig = ProbeConfig(), *, groups: bool = True, progress: bool = True) -> dict:
+def run_probe(
+    corpus: Corpus, config: ProbeConfig = ProbeConfig(), *, groups: bool = True, progress: bool = True
+) -> dict[str, Any]:
     """The full step-1 analysis: all channels, both controls, each group alone and each group left out."""
-    from faceturn.eval.stats import circular_shift_labels, shuffled_labels
-
     data = probe_windows(corpus, config)
     g = data.conversation
     all_channels = list(range(N_FACE))
@@ -120,8 +122,6 @@ def run_probe(corpus, config: ProbeConfig = ProbeConfig(), *, groups: bool = Tru
             variants.append((f"only:{name}", f"{name} alone", group_indices([name])))
         for name in FACE_GROUPS:
             variants.append((f"without:{name}", f"all but {name}", sorted(set(all_channels) - set(FACE_GROUPS[name]))))
-    from tqdm import tqdm
-
     results: dict[str, Any] = {}
     for key, _, channels in tqdm(variants, desc="probe", disable=not progress, unit="variant"):
         results[key] = _auc_with_ci(data.y, out_of_fold_scores(data.windows, data.y, g, channels, config), g, config)
