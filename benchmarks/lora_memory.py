@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     from faceturn.config import ConfigError
     from faceturn.lora import estimate_memory
     from faceturn.model import from_config
-    from faceturn.train import load_train_config, resolve_model_config
+    from faceturn.recipe import load_train_config
 
     try:
         cfg = load_train_config(args.config, args.overrides)
-        model_cfg = resolve_model_config(cfg)
+        model_cfg = cfg.model
     except ConfigError as e:
         parser.error(str(e))
     if cfg.lora.rank < 1:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "config": args.config,
         "overrides": args.overrides,
-        "model": cfg.model.name,
+        "model": cfg.model.shape,
         "backbone_parameters": backbone,
         "lora": {"rank": cfg.lora.rank, "scaling": cfg.lora.scaling, "train_modules": list(cfg.lora.train_modules)},
         "window_s": cfg.data.window_s,
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"largest batch that fits {budget_text}", f"{result['max_batch']:8d} windows"),
     ]  # fmt: skip
     print(
-        f"LoRA memory estimate · {args.config} · {cfg.model.name} ({backbone / 1e9:.2f} B backbone parameters) · "
+        f"LoRA memory estimate · {args.config} · {cfg.model.shape} ({backbone / 1e9:.2f} B backbone parameters) · "
         f"rank {cfg.lora.rank}, scaling {cfg.lora.scaling:g} · windows of {cfg.data.window_s:g} s ({frames} frames) · "
         f"bf16 autocast · activation checkpointing {on_off[checkpointing]}"
     )

@@ -1,7 +1,7 @@
 """Training throughput of a train config on this machine: frames/s and model-FLOPs utilization (MFU).
 
     .venv/bin/python benchmarks/train_throughput.py --config aux                       # CPU: fp32
-    .venv/bin/python benchmarks/train_throughput.py --config aux --set model.name=base --set compile=true  # GPU: bf16
+    .venv/bin/python benchmarks/train_throughput.py --config aux --set model.shape=base --set compile=true  # GPU: bf16
 
 One training step = forward, loss, backward, clip and AdamW on one micro-batch of random windows of the config's
 shape (batch_size × window_s), exactly as faceturn.train runs it. MFU = model FLOPs per frame (Model.flops_per_frame:
@@ -87,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from faceturn.dist import resolve_device
     from faceturn.model import compute_loss, from_config
-    from faceturn.train import build_optimizer, load_train_config, resolve_model_config
+    from faceturn.recipe import load_train_config
+    from faceturn.train import build_optimizer
 
     cfg = load_train_config(args.config, args.overrides)
-    model_cfg = resolve_model_config(cfg)
+    model_cfg = cfg.model
     device = resolve_device(cfg.device)
     bf16 = device.type == "cuda" and cfg.precision in ("auto", "bf16")
     window_frames = cfg.data.window_frames
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "config": args.config,
         "overrides": args.overrides,
-        "model": cfg.model.name,
+        "model": cfg.model.shape,
         "device": name,
         "threads": torch.get_num_threads(),
         "precision": "bf16 autocast" if bf16 else "fp32",
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "mfu": achieved / peak,
     }
     print(
-        f"{name} · {result['precision']} · {cfg.model.name} ({result['parameters'] / 1e6:.1f} M params) · "
+        f"{name} · {result['precision']} · {cfg.model.shape} ({result['parameters'] / 1e6:.1f} M params) · "
         f"batch {cfg.data.batch_size} × {window_frames} frames · {result['threads']} threads\n"
         f"step {step_s * 1e3:.1f} ms (median of {args.steps}) · {frames_per_s:,.0f} frames/s "
         f"({result['realtime_factor']:,.0f}× real time)\n"

@@ -1,4 +1,4 @@
-"""Atomic, self-describing training checkpoints (DESIGN §6) and the one way to load a trained model.
+"""Atomic, self-describing training checkpoints and the one way to load a trained model.
 
 Layout: `RUN/checkpoints/step-0000100/` holds
   - `model.safetensors`  the unwrapped, uncompiled module's state dict (face statistics included);
@@ -25,8 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model
 
+from faceturn.config import ConfigError, from_dict
+from faceturn.errors import CheckpointError
 from faceturn.io import atomic_write_json
+from faceturn.lora import apply_lora, merge_lora
+from faceturn.model import Model, from_config
+from faceturn.recipe import TrainConfig
+from faceturn.schema import FACE_CHANNELS, SCHEMA_VERSION
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -35,10 +43,6 @@ OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 _STEP_RE = re.compile(r"step-(\d{7,})")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used here; the message names the folder and what differs or is missing."""
 
 
 def step_dir_name(step: int) -> str:
@@ -102,8 +106,6 @@ def save_checkpoint(
 
     `model` must be the unwrapped, uncompiled module (no `module.` / `_orig_mod.` prefixes are ever stored).
     """
-    from safetensors.torch import save_model
-
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     root = Path(run_dir) / CHECKPOINTS
@@ -195,8 +197,6 @@ def check_config(ckpt: Path, current: Mapping[str, Any], ignore: Iterable[str] =
 
 def check_schema(ckpt: Path, saved_schema: Mapping[str, Any]) -> None:
     """The face schema the checkpoint was trained with must be the one this faceturn reads."""
-    from faceturn.schema import FACE_CHANNELS, SCHEMA_VERSION
-
     if saved_schema.get("version") != SCHEMA_VERSION:
         raise CheckpointError(
             f"{ckpt}: schema.version is {saved_schema.get('version')!r}, this faceturn reads {SCHEMA_VERSION}"
@@ -213,8 +213,6 @@ def check_schema(ckpt: Path, saved_schema: Mapping[str, Any]) -> None:
 
 def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
     """Load model.safetensors into `model`; a missing or unexpected tensor is an error naming it."""
-    from safetensors.torch import load_model as st_load_model
-
     device = next(model.parameters()).device
     missing, unexpected = st_load_model(model, str(Path(ckpt) / MODEL_FILE), strict=False, device=str(device))
     if missing or unexpected:
@@ -230,31 +228,27 @@ def load_optimizer(ckpt: Path, optimizer: torch.optim.Optimizer, device: torch.d
     optimizer.load_state_dict(state)
 
 
-def load_model(run_or_checkpoint: str | Path, device: str | torch.device = "cpu"):
+def load_model(run_or_checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[Model, TrainConfig]:
     """Rebuild a trained model from a checkpoint folder (or a run's newest one) → (model in eval mode, TrainConfig).
 
-    Everything comes from the checkpoint: the model shape, `zero_groups`, the face statistics (buffers in the weights)
-    and the training config (`config.data.face_dropout`, `config.labels`, ...). Evaluation code must use this.
+    Everything comes from the checkpoint: the model config (`config.model`, `zero_groups` included), the face
+    statistics (buffers in the weights) and the training config (`config.data.face_dropout`, `config.labels`, ...).
+    Evaluation code must use this.
     """
-    from faceturn.config import ConfigError, from_dict
-    from faceturn.model import ModelConfig, from_config
-    from faceturn.train import TrainConfig
-
     ckpt = resolve_checkpoint(run_or_checkpoint)
     saved = read_json(ckpt, CONFIG_FILE)
-    for key in ("train", "model", "schema"):
+    for key in ("train", "schema"):
         if key not in saved:
             raise CheckpointError(f"{ckpt}: {CONFIG_FILE} lacks its {key!r} section")
+    if "model" in saved:
+        raise CheckpointError(f"{ckpt}: written by an older faceturn (separate model section); retrain the run")
     check_schema(ckpt, saved["schema"])
     try:
-        model_cfg = from_dict(ModelConfig, saved["model"], prefix="model.")
         train_cfg = from_dict(TrainConfig, saved["train"], prefix="train.")
     except ConfigError as e:
         raise CheckpointError(f"{ckpt}: {CONFIG_FILE}: {e}") from None
-    model = from_config(model_cfg, device=device)
+    model = from_config(train_cfg.model, device=device)
     if train_cfg.lora.rank:  # a LoRA run stores base weights and adapters: evaluation gets them merged
-        from faceturn.lora import apply_lora, merge_lora
-
         apply_lora(model, train_cfg.lora)
         load_weights(ckpt, model)
         merge_lora(model)

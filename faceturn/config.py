@@ -1,12 +1,19 @@
 """Typed dataclass configs: read from TOML, overridden with `--set key=value`, saved as JSON beside every result.
 
-Configs are data (TOML via stdlib `tomllib`), never executed code. Overrides are type-checked against the field's
-declared type, so `--set model.n_layers=two` fails with a message naming the key instead of training a broken model.
-Nested dataclasses are addressed with dots (`train.lr=3e-4`).
+Configs are data (TOML via stdlib `tomllib`), never executed code. A field is set the same way from a TOML table, a
+`--set a.b=value` override (applied to the raw table before the dataclass is built) and Python
+(`dataclasses.replace`). Values are type-checked against the field's declared type, so `--set model.num_layers=two`
+fails with a message naming the key instead of training a broken model.
+
+Two hooks let a dataclass resolve names in its raw table before it is built: a classmethod `resolve_raw(data) ->
+data` (a train config's `inherit = "aux"`, a model's `shape = "tiny"`), and a class attribute `reset_on_set`
+(`{key: fields}`): setting `key` by an override drops those fields first, so `resolve_raw` fills them anew (setting
+`model.shape` replaces every shape field).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import tomllib
@@ -16,11 +23,20 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from faceturn.errors import ConfigError
+from faceturn.io import atomic_write_text
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit its dataclass; the message names the key."""
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "from_dict",
+    "load_config",
+    "load_toml",
+    "read_raw",
+    "save_json",
+    "to_dict",
+]
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -108,6 +124,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping; unknown keys are an error naming the key and the valid ones."""
     hints = _hints(cls)
+    resolve = getattr(cls, "resolve_raw", None)
+    if resolve is not None:
+        data = resolve(dict(data))
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in names]
     if unknown:
@@ -132,50 +151,73 @@ def _parse_override(text: str) -> Any:
         return text
 
 
-def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
-    """Return a copy of `cfg` with `a.b=value` overrides applied, each checked against the field's type."""
-    data = dataclasses.asdict(cfg)
+def override_raw(cls: type, data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides to the raw table `data` of dataclass `cls` (a copy is returned). Keys are checked
+    against the dataclass fields here, values when the dataclass is built (`from_dict`)."""
+    data = copy.deepcopy(dict(data))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
-        node, cls = data, type(cfg)
-        for p in parts[:-1]:
-            if p not in node or not isinstance(node[p], dict):
-                raise ConfigError(f"unknown config key {key!r}")
-            cls = _hints(cls)[p]
-            node = node[p]
-        last = parts[-1]
-        if last not in node:
-            valid = sorted(node)
-            raise ConfigError(f"unknown config key {key!r}; valid keys here: {valid}")
-        node[last] = _coerce(_parse_override(raw.strip()), _hints(cls)[last], key)
-    return from_dict(type(cfg), data)
+        node, node_cls = data, cls
+        for i, p in enumerate(parts):
+            names = {f.name for f in dataclasses.fields(node_cls) if f.init}
+            if p not in names:
+                where = ".".join(parts[:i]) or "the top level"
+                raise ConfigError(f"unknown config key {key.strip()!r}; valid keys at {where}: {sorted(names)}")
+            if i == len(parts) - 1:
+                for dropped in getattr(node_cls, "reset_on_set", {}).get(p, ()):
+                    node.pop(dropped, None)
+                node[p] = _parse_override(raw.strip())
+                break
+            inner = _hints(node_cls)[p]
+            inner = next((a for a in typing.get_args(inner) if dataclasses.is_dataclass(a)), inner)
+            if not dataclasses.is_dataclass(inner):
+                raise ConfigError(f"config key {key.strip()!r}: {'.'.join(parts[: i + 1])} is not a table")
+            child = node.get(p)
+            node[p] = child = dict(child) if isinstance(child, Mapping) else {}
+            node, node_cls = child, inner
+    return data
 
 
-def load_toml(cls: type[T], path: str | Path, overrides: Iterable[str] = ()) -> T:
-    """Read a TOML file (or a `.json` file as `save_json` writes it) into `cls`, then apply overrides. Errors name
-    the file."""
+def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
+    """Return a copy of `cfg` with `a.b=value` overrides applied, each checked against the field's type."""
+    return from_dict(type(cfg), override_raw(type(cfg), to_dict(cfg), overrides))
+
+
+def read_raw(path: str | Path) -> dict[str, Any]:
+    """The raw table of a TOML file (or a `.json` file as `save_json` writes it); errors name the file."""
     path = Path(path)
     is_json = path.suffix == ".json"
     try:
-        data = json.loads(path.read_text()) if is_json else tomllib.loads(path.read_text())
+        return json.loads(path.read_text()) if is_json else tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid {'JSON' if is_json else 'TOML'} ({e})") from None
+
+
+def load_toml(cls: type[T], path: str | Path, overrides: Iterable[str] = ()) -> T:
+    """Read a TOML file (or a `.json` file as `save_json` writes it) into `cls`, overrides applied to its raw table
+    first (so they take part in name resolution: `--set model.shape=small`). Errors name the file."""
     try:
-        cfg = from_dict(cls, data)
+        return from_dict(cls, override_raw(cls, read_raw(path), overrides))
     except ConfigError as e:
+        if str(e).startswith(str(path)):
+            raise
         raise ConfigError(f"{path}: {e}") from None
-    return apply_overrides(cfg, overrides)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
+    """`cls` from a TOML/JSON file when one is given, else from its defaults; `--set` overrides applied either way."""
+    if path is not None:
+        return load_toml(cls, path, overrides)
+    return from_dict(cls, override_raw(cls, {}, overrides))
 
 
 def save_json(cfg: Any, path: str | Path) -> None:
     """Write a config as pretty JSON atomically (temporary name, then rename)."""
-    from faceturn.io import atomic_write_text
-
     atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
 
 

@@ -1,7 +1,7 @@
 """The face-aware, Moshi-style full-duplex dialogue LM, in one file that reads top to bottom.
 
-Architecture: kyutai's `LMModel` (moshi 0.2.13, reference/moshi.md §1), with its math and runtime parameter names kept
-so that kyutai's weights load unchanged, plus a face encoder and two heads.
+Architecture: kyutai's `LMModel` (moshi 0.2.13), with its math and runtime parameter names kept so that kyutai's
+weights load unchanged, plus a face encoder and two heads.
 - Temporal transformer: pre-norm blocks, no biases, no dropout; RMSNorm computed in fp32 (eps 1e-8, param `alpha`
   [1, 1, D]); RoPE on q and k with interleaved pairs (max_period 10000, fp32 math, absolute positions); causal
   attention with a context limit (a query at position p sees the keys at positions q with 0 ≤ p − q < context);
@@ -18,6 +18,8 @@ so that kyutai's weights load unchanged, plus a face encoder and two heads.
 - Face encoder (new, `face_encoder.*`): zero `zero_groups`, normalize (`layernorm` across the 61 channels, or
   `standardize` with fixed corpus statistics), MLP to D; frames without a face get a learned `missing` vector
   instead (always, when every group is zeroed: the audio-only model does not even see whether a face was found).
+  `forward(zero_groups=...)` zeroes more groups for that call only (post-hoc zeroing at evaluation); the model's
+  own state never changes, so an evaluation that fails half-way leaves nothing altered.
   The face of frame k−1 enters at position k like a delay-0 stream (position 0 sees `missing`).
 - Heads on the out_norm'ed temporal output: text (`text_linear`), audio (depformer), face next-frame regression
   (`face_head`, in standardized units) and turn yield (`yield_head`, MLP → 1 logit).
@@ -45,26 +47,37 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faceturn.config import config_names, load_toml, named_or_path
+from faceturn.config import ConfigError, config_names, from_dict, named_or_path, override_raw, read_raw
+from faceturn.errors import FaceturnError, SchemaError
 from faceturn.schema import DEFAULT_ZERO_GROUPS, N_CODEBOOKS, N_FACE, group_indices
 
 N_STREAMS = 1 + 2 * N_CODEBOOKS  # text, self cb0..7, interlocutor cb0..7
 MOSHI_DELAYS: tuple[int, ...] = (0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1)
 ZERO_TOKEN = -1  # embeds to exactly 0 and is never a target
 CONFIG_DIR = Path(__file__).parent / "configs" / "model"
+FACE_STD_FLOOR = 1e-6  # a face channel with a smaller corpus std (MediaPipe's constant tongueOut) is only centred
+SHAPE_FIELDS = (
+    "dim", "num_layers", "num_heads", "hidden_scale", "context", "max_period", "card", "text_card", "delays",
+    "depformer_dim", "depformer_num_layers", "depformer_num_heads", "depformer_dim_feedforward", "face_hidden",
+    "face_zero_init", "yield_hidden",
+)  # what a shape file in CONFIG_DIR holds; face_norm and zero_groups are experiment settings  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Every shape of the model. Saved with each checkpoint; `zero_groups` applies identically at train and eval."""
+    """The model: a shape (a named TOML in faceturn/configs/model/, which holds only shapes) plus the experiment's
+    face settings. Saved with each checkpoint; `zero_groups` applies identically at train and eval.
 
-    dim: int = 64  # temporal transformer width D (the defaults are the `tiny` config)
+    In a config table, `shape = "small"` fills every shape field not given explicitly; the defaults are `tiny`."""
+
+    shape: str = "tiny"  # the shape's name (or TOML path) the shape fields were read from
+    dim: int = 64  # temporal transformer width D
     num_layers: int = 2  # temporal transformer layers
     num_heads: int = 4  # temporal attention heads (head dim = dim / num_heads, even for RoPE)
     hidden_scale: float = 4.125  # temporal FFN dim_feedforward = int(hidden_scale · dim), as kyutai
@@ -77,11 +90,26 @@ class ModelConfig:
     depformer_num_layers: int = 1
     depformer_num_heads: int = 2
     depformer_dim_feedforward: int = 132  # before gating: H = 2·dim_ff//3 (or 21·dim//8 when dim_ff = 4·dim)
-    face_norm: Literal["layernorm", "standardize"] = "layernorm"  # layernorm across the 61 channels (the paper's)
-    zero_groups: tuple[str, ...] = DEFAULT_ZERO_GROUPS  # face groups (faceturn.schema.FACE_GROUPS) always zeroed
     face_hidden: int = 64  # face encoder MLP hidden width
     face_zero_init: bool = False  # zero the encoder's last layer: an imported Moshi predicts exactly as before
     yield_hidden: int = 64  # turn-yield head MLP hidden width
+    face_norm: Literal["layernorm", "standardize"] = "layernorm"  # layernorm across the 61 channels (the paper's)
+    zero_groups: tuple[str, ...] = DEFAULT_ZERO_GROUPS  # face groups (faceturn.schema.FACE_GROUPS) always zeroed
+
+    # Setting `shape` by an override replaces every field that a shape file holds.
+    reset_on_set: ClassVar[dict[str, tuple[str, ...]]] = {"shape": SHAPE_FIELDS}
+
+    @classmethod
+    def resolve_raw(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Fill the shape fields a table does not give from its `shape` file (named config or TOML path)."""
+        shape = data.get("shape", cls.shape)
+        if not all(k in data for k in SHAPE_FIELDS):
+            table = read_raw(named_or_path(shape, CONFIG_DIR, "model shape"))
+            extra = sorted(set(table) - set(SHAPE_FIELDS))
+            if extra:
+                raise ConfigError(f"model shape {shape!r}: {extra} are not shape fields (set them in the train config)")
+            data = {**table, **data}
+        return {**data, "shape": str(shape)}
 
     def __post_init__(self) -> None:
         positive = ("dim", "num_layers", "num_heads", "context", "card", "text_card", "depformer_dim",
@@ -104,14 +132,14 @@ class ModelConfig:
 
 
 def named_configs() -> list[str]:
-    """Names of the model configs shipped in faceturn/configs/model/."""
+    """Names of the model shapes shipped in faceturn/configs/model/."""
     return config_names(CONFIG_DIR)
 
 
-def load_model_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> ModelConfig:
-    """A named config (`tiny`, `small`, `base`, `moshi-7b`) or a TOML file, with `key=value` overrides."""
-    path = named_or_path(name_or_path, CONFIG_DIR, "model config")
-    return load_toml(ModelConfig, path, overrides)
+def load_model_config(shape: str | Path, overrides: Iterable[str] = ()) -> ModelConfig:
+    """A model of a named shape (`tiny`, `small`, `base`, `moshi-7b`) or a shape TOML file, with `key=value`
+    overrides of any field."""
+    return from_dict(ModelConfig, override_raw(ModelConfig, {"shape": str(shape)}, overrides))
 
 
 # ------------------------------------------------------------------------------------------------ building blocks
@@ -229,12 +257,17 @@ class Attention(nn.Module):
         return per_step(self.out_projs, y.transpose(1, 2).reshape(B, T, D), offset)
 
 
+def ffn_hidden(dim: int, dim_feedforward: int) -> int:
+    """The gated FFN's hidden width H: 2·dim_ff//3, except 21·dim//8 when dim_ff = 4·dim (kyutai's special case)."""
+    return (21 * dim) // 8 if dim_feedforward == 4 * dim else (2 * dim_feedforward) // 3
+
+
 class Gating(nn.Module):
     """SiLU-gated FFN: linear_in D → 2H viewed [.., 2, H], silu(first half) · second half, linear_out H → D."""
 
     def __init__(self, dim: int, dim_feedforward: int):
         super().__init__()
-        hidden = (21 * dim) // 8 if dim_feedforward == 4 * dim else (2 * dim_feedforward) // 3
+        hidden = ffn_hidden(dim, dim_feedforward)
         self.linear_in = nn.Linear(dim, 2 * hidden, bias=False)
         self.linear_out = nn.Linear(hidden, dim, bias=False)
 
@@ -302,27 +335,43 @@ class FaceEncoder(nn.Module):
         if cfg.face_zero_init:
             nn.init.zeros_(self.proj[-1].weight)
 
-    def standardize(self, face: Tensor) -> Tensor:
+    def keep_mask(self, zero_groups: Iterable[str] = ()) -> Tensor:
+        """The channel mask [61] of one call: the config's `zero_groups` and these as well. A fresh tensor, so
+        post-hoc zeroing at evaluation never writes into the model (the `keep` buffer itself when nothing is added)."""
+        extra = group_indices(zero_groups)
+        if not extra:
+            return self.keep
+        keep = self.keep.clone()
+        keep[extra] = 0.0
+        return keep
+
+    def standardize(self, face: Tensor, keep: Tensor | None = None) -> Tensor:
         """(face − mean) / std on kept channels, exactly 0 on zeroed ones: fixed units, also the regression target."""
-        return (face * self.keep - self.face_mean) / self.face_std * self.keep
+        keep = self.keep if keep is None else keep
+        return (face * keep - self.face_mean) / self.face_std * keep
 
-    def normalize(self, face: Tensor) -> Tensor:
-        return self.norm(face * self.keep) if self.norm is not None else self.standardize(face)
+    def normalize(self, face: Tensor, keep: Tensor | None = None) -> Tensor:
+        keep = self.keep if keep is None else keep
+        return self.norm(face * keep) if self.norm is not None else self.standardize(face, keep)
 
-    def forward(self, face: Tensor, present: Tensor) -> Tensor:
-        """face [B, P, 61], present [B, P] in {0, 1} (float, so it is differentiable for tests) → [B, P, D]."""
-        p = present.unsqueeze(-1) * self.keep.any()  # every group zeroed = audio-only: not even face presence
-        enc = self.proj(self.normalize(torch.where(p > 0, face, 0.0)))  # absent frames may hold anything
+    def forward(self, face: Tensor, present: Tensor, keep: Tensor | None = None) -> Tensor:
+        """face [B, P, 61], present [B, P] in {0, 1} (float, so it is differentiable for tests), channel mask
+        `keep` [61] (`keep_mask`; default the config's) → [B, P, D]."""
+        keep = self.keep if keep is None else keep
+        p = present.unsqueeze(-1) * keep.any()  # every group zeroed = audio-only: not even face presence
+        enc = self.proj(self.normalize(torch.where(p > 0, face, 0.0), keep))  # absent frames may hold anything
         return p * enc + (1 - p) * self.missing
 
     @torch.no_grad()
     def set_face_statistics(self, mean: Tensor, std: Tensor) -> None:
         mean, std = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(std, dtype=torch.float64)
         if mean.shape != (N_FACE,) or std.shape != (N_FACE,):
-            raise ValueError(f"face statistics must have shape [{N_FACE}], got {tuple(mean.shape)}, {tuple(std.shape)}")
+            raise SchemaError(
+                f"face statistics must have shape [{N_FACE}], got {tuple(mean.shape)}, {tuple(std.shape)}"
+            )
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all()) or (std < 0).any():
-            raise ValueError("face statistics must be finite with std >= 0")
-        std = torch.where(std < 1e-6, 1.0, std)  # a constant channel (e.g. MediaPipe's tongueOut) is only centred
+            raise FaceturnError("face statistics must be finite with std >= 0")
+        std = torch.where(std < FACE_STD_FLOOR, 1.0, std)
         self.face_mean.copy_(mean)
         self.face_std.copy_(std)
 
@@ -450,7 +499,7 @@ class Model(nn.Module):
             for name, tokens, card in (("text", text, self.cfg.text_card), ("self_codes", self_codes, self.cfg.card),
                                        ("other_codes", other_codes, self.cfg.card)):  # fmt: skip
                 if tokens.numel() and (tokens.min() < ZERO_TOKEN or tokens.max() >= card):
-                    raise ValueError(f"{name} values must lie in [-1, {card}), got [{tokens.min()}, {tokens.max()}]")
+                    raise FaceturnError(f"{name} values must lie in [-1, {card}), got [{tokens.min()}, {tokens.max()}]")
 
     def forward(
         self,
@@ -460,13 +509,16 @@ class Model(nn.Module):
         face: Tensor,
         face_present: Tensor,
         audio: bool = True,
+        zero_groups: Iterable[str] = (),
     ):
         """text [B, T] (−1 absent), self_codes / other_codes [B, 8, T] (−1 padding), face [B, T, 61] (the
         interlocutor's), face_present [B, T] (bool or 0/1 float) → ModelOutput. "Face zeroed" = face 0 and
         face_present 0 (the learned missing vector), as faceturn.data.zero_face. `audio=False` skips the depth
         transformer (most of a small model's cost) when only the yield head or hidden states are wanted; the audio
-        logits are then None."""
+        logits are then None. `zero_groups` (face group names) are zeroed in this call on top of the config's, in
+        every place the config's are (encoder input, face target and prediction, face loss channels)."""
         self._check_inputs(text, self_codes, other_codes, face, face_present)
+        keep = self.face_encoder.keep_mask(zero_groups)
         cfg, K = self.cfg, N_CODEBOOKS
         B, T = text.shape
         codes = torch.cat([text[:, None], self_codes, other_codes], dim=1).long()  # [B, 17, T]
@@ -475,7 +527,7 @@ class Model(nn.Module):
 
         face_in = torch.cat([face.new_zeros(B, 1, N_FACE), face], dim=1)  # face[k-1] at position k
         present_in = torch.cat([face_present.new_zeros(B, 1), face_present], dim=1)
-        h = self.out_norm(self.transformer(self._frame_input(grid, face_in, present_in)))  # [B, T+1, D]
+        h = self.out_norm(self.transformer(self._frame_input(grid, face_in, present_in, keep)))  # [B, T+1, D]
         dtype = self.face_head.weight.dtype
 
         h_pred = h[:, :T]  # position k predicts the next delayed column, k+1
@@ -486,8 +538,7 @@ class Model(nn.Module):
             audio_logits, audio_valid = None, torch.zeros(K, T, dtype=torch.bool, device=h.device)
         frame_mask = (codes[:, 1:] != ZERO_TOKEN).any(dim=1)
         present = face_present.bool()
-        keep = self.face_encoder.keep
-        face_target = torch.where(present.unsqueeze(-1), self.face_encoder.standardize(face.to(dtype)), 0.0)
+        face_target = torch.where(present.unsqueeze(-1), self.face_encoder.standardize(face.to(dtype), keep), 0.0)
         hidden = h[:, 1:]
         return ModelOutput(
             text_hidden=h_text,
@@ -506,15 +557,16 @@ class Model(nn.Module):
             text_head=self.text_linear,
         )
 
-    def _frame_input(self, grid: Tensor, face_in: Tensor, present_in: Tensor) -> Tensor:
+    def _frame_input(self, grid: Tensor, face_in: Tensor, present_in: Tensor, keep: Tensor | None = None) -> Tensor:
         """Delayed columns grid [B, 17, P] and the face entering at those positions ([B, P, 61], [B, P]) → the
-        temporal input [B, P, D]: Σ 16 audio-codebook embeddings + text embedding + face encoding."""
+        temporal input [B, P, D]: Σ 16 audio-codebook embeddings + text embedding + face encoding (channel mask
+        `keep`, default the config's)."""
         x = self.emb[0](grid[:, 1])
         for i in range(1, 2 * N_CODEBOOKS):
             x = x + self.emb[i](grid[:, 1 + i])
         x = x + self.text_emb(grid[:, 0])
         dtype = self.face_head.weight.dtype
-        return x + self.face_encoder(face_in.to(dtype), present_in.to(dtype)).to(x.dtype)
+        return x + self.face_encoder(face_in.to(dtype), present_in.to(dtype), keep).to(x.dtype)
 
     def step(self, column: Tensor, face: Tensor, face_present: Tensor, positions: Tensor, caches: list[KVCache]):
         """One streaming position per row: the delayed column [B, 17] (kyutai order), the face entering there
@@ -559,8 +611,7 @@ class Model(nn.Module):
         D, Dd = cfg.dim, cfg.depformer_dim
 
         def layer_macs(dim: int, dim_ff: int) -> int:
-            hidden = (21 * dim) // 8 if dim_ff == 4 * dim else (2 * dim_ff) // 3
-            return 4 * dim * dim + 3 * dim * hidden  # qkv + out, gated FFN
+            return 4 * dim * dim + 3 * dim * ffn_hidden(dim, dim_ff)  # qkv + out, gated FFN
 
         positions = window_frames + 1
         mean_keys = sum(min(p + 1, cfg.context) for p in range(positions)) / positions
@@ -598,7 +649,7 @@ class LossConfig:
                      "yield_weight"):  # fmt: skip
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"loss.{name} must be finite and >= 0, got {value}")
+                raise ConfigError(f"loss.{name} must be finite and >= 0, got {value}")
 
 
 def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:

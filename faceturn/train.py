@@ -1,4 +1,4 @@
-"""The training loop (DESIGN §6): one loop for CPU, one GPU and torchrun DDP.
+"""The training loop: one loop for CPU, one GPU and torchrun DDP.
 
     faceturn train --config aux --corpus CORPUS --out runs/aux                      # CPU or one GPU
     torchrun --standalone --nproc_per_node 8 -m faceturn train --config aux --corpus CORPUS --out runs/aux
@@ -19,170 +19,31 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import math
-import subprocess
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from faceturn import checkpoint as ckpt_io
 from faceturn import dist
-from faceturn.config import ConfigError, load_toml, named_or_path, to_dict
-from faceturn.data import (
-    DataConfig,
-    WindowDataset,
-    WindowLoader,
-    face_statistics,
-    validation_batches,
-    validation_windows,
-)
+from faceturn.config import to_dict
+from faceturn.data import WindowDataset, WindowLoader, face_statistics, validation_batches, validation_windows
+from faceturn.errors import CheckpointError, ConfigError, RunDirError
 from faceturn.io import append_jsonl, atomic_write_json
-from faceturn.labels import EventConfig
-from faceturn.lora import LoraConfig
-from faceturn.model import LossConfig, ModelConfig, compute_loss, from_config, load_model_config
+from faceturn.lora import apply_lora
+from faceturn.lora import export as export_lora
+from faceturn.model import LossConfig, compute_loss, from_config
+from faceturn.recipe import PROVENANCE, OptimConfig, TrainConfig, resolved_config, resumable_fields
+from faceturn.stats import roc_auc
 
-CONFIG_DIR = Path(__file__).parent / "configs" / "train"
 METRICS_FILE = "metrics.jsonl"
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """Which model: a named config (faceturn/configs/model/) or a TOML path, plus `key=value` overrides."""
-
-    name: str = "tiny"
-    overrides: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 1e-3  # peak learning rate
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.1  # on matrices and embeddings only (not norms, biases, the missing-face vector)
-    warmup_steps: int = 100  # linear warmup from 0
-    max_steps: int = 1000  # cosine decay ends here
-    min_lr_ratio: float = 0.1  # final LR = min_lr_ratio × lr
-    clip_norm: float = 1.0  # global gradient norm clip; 0 = off
-    grad_accum: int = 1  # micro-steps per step (global batch = data.batch_size × world size × grad_accum)
-
-    def __post_init__(self) -> None:
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
-        if self.max_steps < 1 or self.warmup_steps < 0 or self.grad_accum < 1:
-            raise ValueError(
-                f"optim.max_steps >= 1, warmup_steps >= 0 and grad_accum >= 1 needed, got {self.max_steps}, "
-                f"{self.warmup_steps}, {self.grad_accum}"
-            )
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.clip_norm < 0 or self.weight_decay < 0:
-            raise ValueError(
-                f"optim.clip_norm and optim.weight_decay must be >= 0, got {self.clip_norm}, {self.weight_decay}"
-            )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run depends on; saved as JSON in the run folder and in every checkpoint."""
-
-    model: ModelChoice = field(default_factory=ModelChoice)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    labels: EventConfig = field(default_factory=EventConfig)
-    seed: int = 0  # model initialisation and the per-step torch generator
-    eval_every_steps: int = 100  # validation loss and yield AUC; 0 = only at the end
-    eval_face_zeroed: bool = True  # also the validation AUC with the face zeroed (the study's comparison)
-    checkpoint_every_steps: int = 100  # 0 = only at the end
-    keep_last: int = 2  # complete checkpoints kept (the newest)
-    log_every_steps: int = 10  # metrics.jsonl / TensorBoard train records
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile (CUDA only)
-    tensorboard: bool = False  # needs the `tensorboard` package
-    progress: bool = True  # tqdm bar on rank 0
-    max_minutes: float = 0.0  # wall-clock budget of the loop over all sessions (then stop and checkpoint); 0 = none
-    stop_at_step: int = 0  # stop this session at this step (with a checkpoint); 0 = run to optim.max_steps
-    init_from: str = ""  # a run or checkpoint folder (e.g. `faceturn import-moshi`'s) whose weights start this run
-    lora: LoraConfig = field(default_factory=LoraConfig)  # rank > 0: fine-tune adapters (faceturn.lora)
-    activation_checkpointing: bool = False  # recompute each layer in the backward pass: memory for time
-
-    def __post_init__(self) -> None:
-        for name in ("eval_every_steps", "checkpoint_every_steps", "stop_at_step"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.keep_last < 1 or self.log_every_steps < 1:
-            raise ValueError(
-                f"keep_last and log_every_steps must be >= 1, got {self.keep_last}, {self.log_every_steps}"
-            )
-        if not (self.max_minutes >= 0 and math.isfinite(self.max_minutes)):
-            raise ValueError(f"max_minutes must be >= 0, got {self.max_minutes}")
-
-
-# Fields that may change when a run is resumed: they steer this session, not what the run computes.
-RESUMABLE_CHANGES = (
-    "train.eval_every_steps",
-    "train.eval_face_zeroed",
-    "train.checkpoint_every_steps",
-    "train.keep_last",
-    "train.log_every_steps",
-    "train.device",
-    "train.precision",
-    "train.compile",
-    "train.tensorboard",
-    "train.progress",
-    "train.max_minutes",
-    "train.stop_at_step",
-    "train.optim.grad_accum",  # the loader state checks that the global batch is unchanged
-    "train.data.val_max_windows",
-    "train.activation_checkpointing",
-)
-
-
-def load_train_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """A preset (`vanilla`, `aux`), a TOML file, or a JSON file as `faceturn.config.save_json` writes it (the
-    attribution plan's per-run configs), with `--set key=value` overrides."""
-    path = named_or_path(name_or_path, CONFIG_DIR, "train config")
-    return load_toml(TrainConfig, path, overrides)
-
-
-def resolve_model_config(cfg: TrainConfig) -> ModelConfig:
-    return load_model_config(cfg.model.name, cfg.model.overrides)
-
-
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def resolved_config(cfg: TrainConfig, model_cfg: ModelConfig) -> dict[str, Any]:
-    """The JSON saved in the run folder and every checkpoint: enough to rebuild the model and check a resume."""
-    from faceturn import __version__
-    from faceturn.schema import FACE_CHANNELS, SCHEMA_VERSION
-
-    return {
-        "train": to_dict(cfg),
-        "model": to_dict(model_cfg),
-        "schema": {"version": SCHEMA_VERSION, "face_channels": list(FACE_CHANNELS)},
-        "faceturn_version": __version__,
-        "git_sha": _git_sha(),
-    }
-
-
-_PROVENANCE = ("faceturn_version", "git_sha")  # recorded, never compared
-
-
-class RunDirError(RuntimeError):
-    """The run folder cannot be used as asked (e.g. not empty without --resume)."""
 
 
 def lr_at(step: int, optim: OptimConfig) -> float:
@@ -220,15 +81,16 @@ class _NullWriter:
         pass
 
 
-def _tensorboard_writer(run_dir: Path):
+def _tensorboard_writer_class() -> type:
+    """torch's SummaryWriter, or a clear error when the `tensorboard` package is missing."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise RuntimeError(
+        raise ConfigError(
             "tensorboard = true needs the `tensorboard` package, which is not installed: `pip install tensorboard`, "
             "or run with --set tensorboard=false (metrics.jsonl has the same numbers)"
         ) from None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    return SummaryWriter
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -253,8 +115,6 @@ def evaluate(
 ) -> dict[str, float | None]:
     """Validation loss terms (window-weighted means) and per-frame yield AUC on scored frames; optionally again with
     the face zeroed (same windows, same frames)."""
-    from faceturn.eval.stats import roc_auc
-
     audio = loss_cfg.audio_weight > 0  # the depformer only runs when its loss counts
 
     was_training = model.training
@@ -265,7 +125,7 @@ def evaluate(
     for batch in validation_batches(dataset, windows, batch_size):
         batch = batch.to(device)
         with autocast():
-            out = model(batch.text, batch.self_codes, batch.other_codes, batch.face, batch.face_present, audio=audio)
+            out = model(*batch.model_inputs(), audio=audio)
             parts = compute_loss(out, loss_cfg, batch.y, batch.m)
         b = batch.text.shape[0]
         for k, v in parts.items():
@@ -275,9 +135,8 @@ def evaluate(
         logits.append(out.yield_logits.float()[scored].cpu())
         targets.append(batch.y[scored].cpu())
         if face_zeroed:
-            z = batch.without_face()
             with autocast():
-                out_z = model(z.text, z.self_codes, z.other_codes, z.face, z.face_present, audio=False)
+                out_z = model(*batch.without_face().model_inputs(), audio=False)
             logits_zeroed.append(out_z.yield_logits.float()[scored].cpu())
     model.train(was_training)
     result: dict[str, float | None] = {f"val_{k}": v / max(n_windows, 1) for k, v in sums.items()}
@@ -300,17 +159,16 @@ def _check_init(init_from: str, model_dict: dict[str, Any]) -> Path:
     """The checkpoint whose weights start this run (`init_from`); its model config must be this run's, field for
     field. Checked before the model is built, so a wrong 7B-sized config fails at once instead of filling memory."""
     ckpt = ckpt_io.resolve_checkpoint(init_from)
-    diffs = ckpt_io.config_differences(ckpt_io.read_json(ckpt, ckpt_io.CONFIG_FILE).get("model", {}), model_dict)
+    saved = ckpt_io.read_json(ckpt, ckpt_io.CONFIG_FILE).get("train", {}).get("model", {})
+    diffs = ckpt_io.config_differences(saved, model_dict)
     if diffs:
-        raise ckpt_io.CheckpointError(f"{ckpt}: init_from has another model config: " + "; ".join(diffs))
+        raise CheckpointError(f"{ckpt}: init_from has another model config: " + "; ".join(diffs))
     return ckpt
 
 
 def _checkpoint_layers(model: torch.nn.Module) -> None:
     """Activation checkpointing: every temporal and depformer layer keeps only its input and is recomputed in the
     backward pass (torch's non-reentrant wrapper; state-dict names are unchanged)."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
     for stack in (model.transformer.layers, model.depformer.layers):
         for i in range(len(stack)):
             stack[i] = checkpoint_wrapper(stack[i])
@@ -331,219 +189,248 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, run_dir: str | Path, resume:
     joined_here = not torch.distributed.is_initialized()
     info = dist.init_distributed(cfg.device)
     try:
-        return _train(cfg, Path(corpus_dir), Path(run_dir), resume, info)
+        with _Session(cfg, Path(corpus_dir), Path(run_dir), resume, info) as session:
+            return session.run()
     finally:
         if joined_here:
             dist.cleanup()
 
 
-def _train(cfg: TrainConfig, corpus_dir: Path, run_dir: Path, resume: bool, info: dist.DistInfo) -> TrainResult:
-    device = info.device
-    if cfg.precision == "bf16" and device.type != "cuda":
-        raise ConfigError("precision = 'bf16' needs CUDA; on CPU use 'auto' or 'fp32'")
-    use_bf16 = device.type == "cuda" and cfg.precision in ("auto", "bf16")
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
-
-    model_cfg = resolve_model_config(cfg)
-    resolved = resolved_config(cfg, model_cfg)
-    compare_ignore = (*RESUMABLE_CHANGES, *_PROVENANCE)
+def _start_checkpoint(cfg: TrainConfig, run_dir: Path, resume: bool, resolved: dict[str, Any]) -> Path | None:
+    """The checkpoint this session continues (None for a new run), after checking the folder and the config."""
     _check_run_dir(run_dir, resume)
-    start_ckpt = ckpt_io.latest_checkpoint(run_dir) if resume else None
-    if start_ckpt is not None:
-        ckpt_io.check_config(start_ckpt, resolved, ignore=compare_ignore)
+    compare_ignore = (*resumable_fields(), *PROVENANCE)
+    start = ckpt_io.latest_checkpoint(run_dir) if resume else None
+    if start is not None:
+        ckpt_io.check_config(start, resolved, ignore=compare_ignore)
     elif resume and (run_dir / ckpt_io.CONFIG_FILE).exists():
         ckpt_io.check_config(run_dir, resolved, ignore=compare_ignore)
-    dist.barrier(info)  # every process has seen the folder as it was before rank 0 writes into it
+    return start
 
-    writer: Any = _NullWriter()
-    if info.is_main and cfg.tensorboard:
-        writer = _tensorboard_writer(run_dir)  # fail before any work if it is missing
 
-    window_frames = cfg.data.window_frames
-    train_ds = WindowDataset(corpus_dir, cfg.data.train_split, window_frames, cfg.labels)
-    loader = WindowLoader(
-        train_ds, cfg.data.batch_size, cfg.data.seed, cfg.data.face_dropout, cfg.optim.grad_accum,
-        info.world_size, info.rank,
-    )  # fmt: skip
-    val_ds = val_windows = None
-    if info.is_main:
-        val_ds = WindowDataset(corpus_dir, cfg.data.val_split, window_frames, cfg.labels)
-        val_windows = validation_windows(val_ds, cfg.data.val_max_windows)
+class _Session:
+    """One session of a run: built in `__init__` (folder, data, model, optimizer, resumed state), trained by `run`,
+    and its progress bar and TensorBoard writer closed on exit, whatever happened."""
 
-    if cfg.lora.rank and not (cfg.init_from or start_ckpt):
-        raise ConfigError("lora.rank > 0 fine-tunes a trained backbone: set init_from (a faceturn import-moshi run)")
-    init_ckpt = _check_init(cfg.init_from, resolved["model"]) if start_ckpt is None and cfg.init_from else None
-    torch.manual_seed(cfg.seed)
-    model = from_config(model_cfg, device=device)
-    if init_ckpt is not None:
-        ckpt_io.load_weights(init_ckpt, model)
-    if cfg.lora.rank:
-        from faceturn.lora import apply_lora
+    def __init__(self, cfg: TrainConfig, corpus_dir: Path, run_dir: Path, resume: bool, info: dist.DistInfo):
+        self.cfg, self.run_dir, self.info = cfg, run_dir, info
+        self.device = device = info.device
+        if cfg.precision == "bf16" and device.type != "cuda":
+            raise ConfigError("precision = 'bf16' needs CUDA; on CPU use 'auto' or 'fp32'")
+        self.use_bf16 = device.type == "cuda" and cfg.precision in ("auto", "bf16")
+        self.resolved = resolved_config(cfg)
+        self.start_ckpt = start = _start_checkpoint(cfg, run_dir, resume, self.resolved)
+        dist.barrier(info)  # every process has seen the folder as it was before rank 0 writes into it
+        writer_class = _tensorboard_writer_class() if info.is_main and cfg.tensorboard else None  # fail before work
+        self.writer: Any = _NullWriter()
+        self.bar: Any = None
 
-        apply_lora(model, cfg.lora, frozen_dtype=torch.bfloat16 if use_bf16 else None)
-    if cfg.activation_checkpointing:
-        _checkpoint_layers(model)
-    optimizer = build_optimizer(model, cfg.optim, device)
-    loop: dict[str, Any] = {"elapsed_s": 0.0, "frames_seen": 0}
-    step = 0
-    if start_ckpt is not None:
-        ckpt_io.load_weights(start_ckpt, model)
-        ckpt_io.load_optimizer(start_ckpt, optimizer, device)
-        state = ckpt_io.read_json(start_ckpt, ckpt_io.STATE_FILE)
-        loader.load_state_dict(state["data"])
-        loop.update(state.get("loop", {}))
-        step = int(state["step"])
-        if loader.next_step != step:
-            raise ckpt_io.CheckpointError(f"{start_ckpt}: data state is at step {loader.next_step}, the run at {step}")
-    else:
-        mean, std = face_statistics(train_ds)
-        model.set_face_statistics(torch.from_numpy(mean), torch.from_numpy(std))
+        window_frames = cfg.data.window_frames
+        train_ds = WindowDataset(corpus_dir, cfg.data.train_split, window_frames, cfg.labels)
+        self.loader = WindowLoader(
+            train_ds, cfg.data.batch_size, cfg.data.seed, cfg.data.face_dropout, cfg.optim.grad_accum,
+            info.world_size, info.rank,
+        )  # fmt: skip
+        self.val_ds = self.val_windows = None
         if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_dir / ckpt_io.CONFIG_FILE, resolved)
-    dist.barrier(info)
+            self.val_ds = WindowDataset(corpus_dir, cfg.data.val_split, window_frames, cfg.labels)
+            self.val_windows = validation_windows(self.val_ds, cfg.data.val_max_windows)
 
-    audio = cfg.loss.audio_weight > 0  # audio_weight = 0 skips the depformer (87 % of a tiny CPU step)
-    train_model: torch.nn.Module = model
-    if info.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=not audio
-        )
-    if cfg.compile and device.type == "cuda":
-        train_model = torch.compile(train_model)
-
-    metrics_path = run_dir / METRICS_FILE
-    log = append_jsonl if info.is_main else (lambda *a, **k: None)
-    log(metrics_path, {
-        "event": "resume" if start_ckpt is not None else "start", "step": step, "world_size": info.world_size,
-        "device": str(device), "bf16": use_bf16, "parameters": model.num_parameters(),
-        "global_batch_windows": loader.global_batch_size, "window_frames": window_frames,
-        "checkpoint": str(start_ckpt) if start_ckpt else None,
-    })  # fmt: skip
-
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=cfg.optim.max_steps, initial=step, unit="step", dynamic_ncols=True,
-        disable=not (info.is_main and cfg.progress), desc=run_dir.name,
-    )  # fmt: skip
-    result = TrainResult(step=step, stop_reason="max_steps", is_main=info.is_main)
-    elapsed_before = float(loop["elapsed_s"])
-    session_start = time.perf_counter()
-    step_seconds, window_frames_seen = 0.0, 0  # frames/s counts step time only (not validation or saving)
-    sums: dict[str, torch.Tensor] = {}
-    n_sum = 0
-    last_saved = step if start_ckpt is not None else -1
-    model.train()
-
-    def save(at_step: int) -> Path | None:
-        path = None
-        if info.is_main:
-            loop["elapsed_s"] = elapsed_before + time.perf_counter() - session_start
-            state = {"data": loader.state_dict(), "loop": dict(loop), "world_size": info.world_size}
-            path = ckpt_io.save_checkpoint(run_dir, at_step, model, optimizer, state, resolved, cfg.keep_last)
+        if cfg.lora.rank and not (cfg.init_from or start):
+            raise ConfigError(
+                "lora.rank > 0 fine-tunes a trained backbone: set init_from (a faceturn import-moshi run)"
+            )
+        init_ckpt = _check_init(cfg.init_from, to_dict(cfg.model)) if start is None and cfg.init_from else None
+        torch.manual_seed(cfg.seed)
+        self.model = model = from_config(cfg.model, device=device)
+        if init_ckpt is not None:
+            ckpt_io.load_weights(init_ckpt, model)
+        if cfg.lora.rank:
+            apply_lora(model, cfg.lora, frozen_dtype=torch.bfloat16 if self.use_bf16 else None)
+        if cfg.activation_checkpointing:
+            _checkpoint_layers(model)
+        self.optimizer = build_optimizer(model, cfg.optim, device)
+        self.loop: dict[str, Any] = {"elapsed_s": 0.0, "frames_seen": 0}
+        self.step = 0
+        if start is not None:
+            ckpt_io.load_weights(start, model)
+            ckpt_io.load_optimizer(start, self.optimizer, device)
+            state = ckpt_io.read_json(start, ckpt_io.STATE_FILE)
+            self.loader.load_state_dict(state["data"])
+            self.loop.update(state.get("loop", {}))
+            self.step = int(state["step"])
+            if self.loader.next_step != self.step:
+                raise CheckpointError(f"{start}: data state is at step {self.loader.next_step}, the run at {self.step}")
+        else:
+            mean, std = face_statistics(train_ds)
+            model.set_face_statistics(torch.from_numpy(mean), torch.from_numpy(std))
+            if info.is_main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(run_dir / ckpt_io.CONFIG_FILE, self.resolved)
         dist.barrier(info)
+
+        self.audio = cfg.loss.audio_weight > 0  # audio_weight = 0 skips the depformer (87 % of a tiny CPU step)
+        self.train_model: torch.nn.Module = model
+        if info.distributed:
+            self.train_model = DistributedDataParallel(
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=not self.audio,
+            )
+        if cfg.compile and device.type == "cuda":
+            self.train_model = torch.compile(self.train_model)
+        self.metrics_path = run_dir / METRICS_FILE
+        self.writer_class = writer_class
+        self.log({
+            "event": "resume" if start is not None else "start", "step": self.step, "world_size": info.world_size,
+            "device": str(device), "bf16": self.use_bf16, "parameters": model.num_parameters(),
+            "global_batch_windows": self.loader.global_batch_size, "window_frames": window_frames,
+            "checkpoint": str(start) if start else None,
+        })  # fmt: skip
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.writer.close()
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_bf16 else nullcontext()
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.info.is_main:
+            append_jsonl(self.metrics_path, record)
+
+    def save(self, at_step: int) -> Path | None:
+        path = None
+        if self.info.is_main:
+            self.loop["elapsed_s"] = self.elapsed_s()
+            state = {"data": self.loader.state_dict(), "loop": dict(self.loop), "world_size": self.info.world_size}
+            path = ckpt_io.save_checkpoint(
+                self.run_dir, at_step, self.model, self.optimizer, state, self.resolved, self.cfg.keep_last
+            )
+        dist.barrier(self.info)
         return path
 
-    def validate(at_step: int) -> None:
-        if info.is_main and val_ds is not None:
+    def elapsed_s(self) -> float:
+        """Loop time over all sessions of the run."""
+        return self.elapsed_before + time.perf_counter() - self.session_start
+
+    def validate(self, at_step: int, result: TrainResult) -> None:
+        cfg = self.cfg
+        if self.info.is_main and self.val_ds is not None:
             t0 = time.perf_counter()
-            res = evaluate(model, val_ds, val_windows, cfg.data.batch_size, cfg.loss, device, autocast,
-                           cfg.eval_face_zeroed)  # fmt: skip
+            res = evaluate(self.model, self.val_ds, self.val_windows, cfg.data.batch_size, cfg.loss, self.device,
+                           self.autocast, cfg.eval_face_zeroed)  # fmt: skip
             res["val_seconds"] = time.perf_counter() - t0
-            log(metrics_path, {"event": "val", "step": at_step, **res})
+            self.log({"event": "val", "step": at_step, **res})
             for k, v in res.items():
                 if v is not None:
-                    writer.add_scalar(f"val/{k.removeprefix('val_')}", v, at_step)
+                    self.writer.add_scalar(f"val/{k.removeprefix('val_')}", v, at_step)
             auc = res.get("val_yield_auc")
-            bar.write(
+            self.bar.write(
                 f"step {at_step}: val loss {res['val_loss']:.4f}, yield AUC "
                 + (f"{auc:.3f}" if auc is not None else "n/a")
                 + (f" (face zeroed {res['val_yield_auc_face_zeroed']:.3f})"
                    if res.get("val_yield_auc_face_zeroed") is not None else "")
             )  # fmt: skip
             result.last_val = res
-        dist.barrier(info)
+        dist.barrier(self.info)
 
-    while step < cfg.optim.max_steps:
-        if cfg.stop_at_step and step >= cfg.stop_at_step:
-            result.stop_reason = "stop_at_step"
-            break
-        step_start = time.perf_counter()
-        torch.manual_seed(_step_seed(cfg.seed, step, info.rank))
-        lr = lr_at(step, cfg.optim)
-        for group in optimizer.param_groups:
+    def train_step(self) -> tuple[dict[str, torch.Tensor], int, torch.Tensor, float]:
+        """One optimizer step over `grad_accum` micro-batches → (mean loss parts, frames, grad norm, lr)."""
+        cfg, info = self.cfg, self.info
+        torch.manual_seed(_step_seed(cfg.seed, self.step, info.rank))
+        lr = lr_at(self.step, cfg.optim)
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batches = loader.next_batches()
+        batches = self.loader.next_batches()
         parts_sum: dict[str, Any] = {}
         frames = 0
         for i, batch in enumerate(batches):
-            batch = batch.to(device)
+            batch = batch.to(self.device)
             last = i == len(batches) - 1
-            sync = train_model.no_sync() if info.distributed and not last else nullcontext()
+            sync = self.train_model.no_sync() if info.distributed and not last else nullcontext()
             with sync:
-                with autocast():
-                    out = train_model(
-                        batch.text, batch.self_codes, batch.other_codes, batch.face, batch.face_present, audio=audio
-                    )
+                with self.autocast():
+                    out = self.train_model(*batch.model_inputs(), audio=self.audio)
                     parts = compute_loss(out, cfg.loss, batch.y, batch.m)
                 (parts["loss"] / len(batches)).backward()
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v.detach().float() / len(batches)
             frames += batch.n_valid_frames
         clip = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        frames *= info.world_size
-        loop["frames_seen"] = int(loop["frames_seen"]) + frames
-        window_frames_seen += frames
-        for k, v in parts_sum.items():
-            sums[k] = sums.get(k, 0.0) + v  # tensors: no device sync until the next log line
-        n_sum += 1
-        step_seconds += time.perf_counter() - step_start
-        if step % cfg.log_every_steps == 0 or step == cfg.optim.max_steps:
-            keys = sorted(sums)
-            means = dist.all_reduce_mean(torch.stack([sums[k] / n_sum for k in keys]).to(device), info)
-            record = {k: float(v) for k, v in zip(keys, means, strict=True)}
-            if not math.isfinite(record["loss"]):
-                raise FloatingPointError(f"non-finite training loss {record['loss']} by step {step} (lr {lr:.3g})")
-            record.update(
-                lr=lr, grad_norm=float(grad_norm), frames_per_s=window_frames_seen / max(step_seconds, 1e-9),
-                frames_seen=loop["frames_seen"], elapsed_s=elapsed_before + time.perf_counter() - session_start,
-            )  # fmt: skip
-            log(metrics_path, {"event": "train", "step": step, **record})
-            for k, v in record.items():
-                writer.add_scalar(f"train/{k}", v, step)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", fps=f"{record['frames_per_s']:.0f}")
-            result.last_train = record
-            sums, n_sum = {}, 0
-            step_seconds, window_frames_seen = 0.0, 0
-        bar.update(1)
-        if cfg.eval_every_steps and step % cfg.eval_every_steps == 0 and step < cfg.optim.max_steps:
-            validate(step)
-        if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-            result.checkpoint = save(step)
-            last_saved = step
-        if cfg.max_minutes > 0:
-            over = elapsed_before + time.perf_counter() - session_start >= cfg.max_minutes * 60
-            if dist.any_process(over, info):
-                result.stop_reason = "max_minutes"
-                break
-    bar.close()
-    result.step = step
-    validate(step)
-    if last_saved != step:
-        result.checkpoint = save(step)
-    if cfg.lora.rank and info.is_main:  # adapters alone, and merged into a plain model (in place: the run is over)
-        from faceturn.lora import export
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return parts_sum, frames * info.world_size, grad_norm, lr
 
-        export(model, cfg.lora, run_dir / "lora", {"step": step, "config": resolved})
-    log(metrics_path, {"event": "end", "step": step, "reason": result.stop_reason})
-    writer.close()
-    return result
+    def run(self) -> TrainResult:
+        cfg, info, step = self.cfg, self.info, self.step
+        if self.writer_class is not None:
+            self.writer = self.writer_class(log_dir=str(self.run_dir / "tensorboard"))
+        self.bar = tqdm(
+            total=cfg.optim.max_steps, initial=step, unit="step", dynamic_ncols=True,
+            disable=not (info.is_main and cfg.progress), desc=self.run_dir.name,
+        )  # fmt: skip
+        result = TrainResult(step=step, stop_reason="max_steps", is_main=info.is_main)
+        self.elapsed_before = float(self.loop["elapsed_s"])
+        self.session_start = time.perf_counter()
+        step_seconds, window_frames_seen = 0.0, 0  # frames/s counts step time only (not validation or saving)
+        sums: dict[str, torch.Tensor] = {}
+        n_sum = 0
+        last_saved = step if self.start_ckpt is not None else -1
+        self.model.train()
+        while self.step < cfg.optim.max_steps:
+            if cfg.stop_at_step and self.step >= cfg.stop_at_step:
+                result.stop_reason = "stop_at_step"
+                break
+            step_start = time.perf_counter()
+            parts, frames, grad_norm, lr = self.train_step()
+            step = self.step
+            self.loop["frames_seen"] = int(self.loop["frames_seen"]) + frames
+            window_frames_seen += frames
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v  # tensors: no device sync until the next log line
+            n_sum += 1
+            step_seconds += time.perf_counter() - step_start
+            if step % cfg.log_every_steps == 0 or step == cfg.optim.max_steps:
+                keys = sorted(sums)
+                means = dist.all_reduce_mean(torch.stack([sums[k] / n_sum for k in keys]).to(self.device), info)
+                record = {k: float(v) for k, v in zip(keys, means, strict=True)}
+                if not math.isfinite(record["loss"]):
+                    raise FloatingPointError(f"non-finite training loss {record['loss']} by step {step} (lr {lr:.3g})")
+                record.update(
+                    lr=lr, grad_norm=float(grad_norm), frames_per_s=window_frames_seen / max(step_seconds, 1e-9),
+                    frames_seen=self.loop["frames_seen"], elapsed_s=self.elapsed_s(),
+                )  # fmt: skip
+                self.log({"event": "train", "step": step, **record})
+                for k, v in record.items():
+                    self.writer.add_scalar(f"train/{k}", v, step)
+                self.bar.set_postfix(loss=f"{record['loss']:.3f}", fps=f"{record['frames_per_s']:.0f}")
+                result.last_train = record
+                sums, n_sum = {}, 0
+                step_seconds, window_frames_seen = 0.0, 0
+            self.bar.update(1)
+            if cfg.eval_every_steps and step % cfg.eval_every_steps == 0 and step < cfg.optim.max_steps:
+                self.validate(step, result)
+            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+                result.checkpoint = self.save(step)
+                last_saved = step
+            if cfg.max_minutes > 0:
+                over = self.elapsed_s() >= cfg.max_minutes * 60
+                if dist.any_process(over, info):
+                    result.stop_reason = "max_minutes"
+                    break
+        self.bar.close()
+        result.step = step = self.step
+        self.validate(step, result)
+        if last_saved != step:
+            result.checkpoint = self.save(step)
+        if cfg.lora.rank and info.is_main:  # adapters alone, and merged into a plain model (in place: the run is over)
+            export_lora(self.model, cfg.lora, self.run_dir / "lora", {"step": step, "config": self.resolved})
+        self.log({"event": "end", "step": step, "reason": result.stop_reason})
+        return result

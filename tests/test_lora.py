@@ -3,17 +3,19 @@ the yield head have changed; the exported adapters and merged weights reproduce 
 changes no gradient; the memory estimate counts what the model really has."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from faceturn import checkpoint as ck
-from faceturn.config import ConfigError
+from faceturn.config import ConfigError, from_dict
 from faceturn.lora import LoraConfig, apply_lora, estimate_memory, is_adapter, merge_lora
-from faceturn.model import Model
+from faceturn.model import Model, ModelConfig
 from faceturn.moshi_import import import_moshi, kyutai_7b_kwargs, write_run
+from faceturn.recipe import load_train_config
 from faceturn.schema import N_FACE
-from faceturn.train import _checkpoint_layers, load_train_config, train
+from faceturn.train import _checkpoint_layers, train
 
 KYUTAI_TINY = {"dim": 32, "num_layers": 1, "num_heads": 2, "text_card": 8, "context": 100, "depformer_dim": 16,
                "depformer_num_layers": 1, "depformer_num_heads": 2, "depformer_dim_feedforward": 32}  # fmt: skip
@@ -52,13 +54,15 @@ def corpus_dir(tmp_path_factory):
     return out
 
 
-def lora_cfg(imported_run, *extra: str):
-    model_overrides = ck.read_json(imported_run, ck.CONFIG_FILE)["train"]["model"]["overrides"]
-    return load_train_config("lora", [
-        f"model.overrides={json.dumps(model_overrides)}", f"init_from='{imported_run}'", "lora.rank=4",
+def lora_cfg(imported_run, *extra: str, imported_model: bool = True):
+    """The lora preset at test scale; its model is the imported run's (else the preset's moshi-7b shape)."""
+    cfg = load_train_config("lora", [
+        f"init_from='{imported_run}'", "lora.rank=4",
         "data.window_s=4", "data.batch_size=2", "data.val_max_windows=2", "optim.max_steps=1", "optim.warmup_steps=0",
         "optim.lr=1e-2", "eval_every_steps=0", "checkpoint_every_steps=0", "progress=false", *extra,
     ])  # fmt: skip
+    saved = ck.read_json(imported_run, ck.CONFIG_FILE)["train"]["model"]
+    return replace(cfg, model=from_dict(ModelConfig, saved)) if imported_model else cfg
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +183,7 @@ def test_lora_needs_a_backbone_and_a_matching_one(imported_run, corpus_dir, tmp_
     with pytest.raises(ConfigError, match="set init_from"):
         train(lora_cfg(imported_run, "init_from=''"), corpus_dir, tmp_path / "a")
     with pytest.raises(ck.CheckpointError, match="init_from has another model config.*yield_hidden"):
-        train(lora_cfg(imported_run, "model.overrides=[]"), corpus_dir, tmp_path / "b")
+        train(lora_cfg(imported_run, imported_model=False), corpus_dir, tmp_path / "b")
     with pytest.raises(ConfigError, match="lora.train_modules"):
         load_train_config("lora", ["lora.train_modules=['transformer']"])
 

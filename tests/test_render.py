@@ -140,7 +140,8 @@ def test_face_video_is_found_by_the_name_the_tracker_recorded(tmp_path):
 def test_trained_model_end_to_end(tmp_path, viz_data):
     """train a few steps → predict → plot, render and view the real prediction file."""
     from faceturn.eval.predict import predict
-    from faceturn.train import load_train_config, train
+    from faceturn.recipe import load_train_config
+    from faceturn.train import train
 
     overrides = ["optim.max_steps=2", "optim.warmup_steps=1", "data.window_s=8.0", "data.batch_size=2",
                  "eval_every_steps=0", "checkpoint_every_steps=0", "progress=false"]  # fmt: skip

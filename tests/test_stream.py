@@ -202,21 +202,22 @@ def run_and_corpus(tmp_path_factory):
     """A randomly initialised tiny model saved as a run, and a two-conversation synthetic corpus."""
     from faceturn.checkpoint import save_checkpoint
     from faceturn.model import from_config
+    from faceturn.recipe import load_train_config, resolved_config
     from faceturn.synth import generate_corpus, load_preset
-    from faceturn.train import load_train_config, resolve_model_config, resolved_config
 
     root = tmp_path_factory.mktemp("stream")
     corpus = root / "corpus"
     cfg = load_preset("tight", ["floor.duration_min_s=20", "floor.duration_max_s=24", "conversations_per_group=1"])
     generate_corpus(cfg, corpus, 2, seed=5, progress=False)
-    train_cfg = load_train_config("aux", ['model.overrides=["dim=32", "num_layers=1", "num_heads=2", "context=40"]'])
-    model_cfg = resolve_model_config(train_cfg)
+    train_cfg = load_train_config(
+        "aux", ["model.dim=32", "model.num_layers=1", "model.num_heads=2", "model.context=40"]
+    )
     torch.manual_seed(0)
-    model = from_config(model_cfg)
+    model = from_config(train_cfg.model)
     with torch.no_grad():
         model.yield_head[-1].bias.fill_(-0.2)  # P(yield) around 0.45: some frames cross 0.5, most do not
     optimizer = torch.optim.AdamW(model.parameters())
-    save_checkpoint(root / "run", 0, model, optimizer, {}, resolved_config(train_cfg, model_cfg), keep_last=1)
+    save_checkpoint(root / "run", 0, model, optimizer, {}, resolved_config(train_cfg), keep_last=1)
     return root / "run", corpus
 
 
@@ -265,9 +266,9 @@ def test_stream_command_realtime_pacing_and_bad_input(run_and_corpus, capsys):
     conv_id = Corpus(corpus).ids()[0]
     start = time.perf_counter()
     assert main(["stream", "--run", str(run), "--corpus", str(corpus), "--conversation", conv_id, "--realtime",
-                 "--seconds", "0.5", "--quiet", "--threads", "1"]) == 0  # fmt: skip
+                 "--seconds", "0.5", "--no-progress", "--threads", "1"]) == 0  # fmt: skip
     assert time.perf_counter() - start >= 7 * 0.08  # 0.5 s = 7 frames, each played no earlier than its end
-    assert "stream:" not in capsys.readouterr().out  # --quiet: the summary only
+    assert "stream:" not in capsys.readouterr().out  # --no-progress: the summary only
     assert main(["stream", "--run", str(run), "--corpus", str(corpus), "--conversation", "nope"]) == 2
     assert "no conversation 'nope'" in capsys.readouterr().err
     assert main(["stream", "--run", str(run), "--corpus", str(corpus), "--conversation", conv_id,

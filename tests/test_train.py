@@ -1,4 +1,3 @@
-import argparse
 import json
 import os
 import shutil
@@ -10,15 +9,17 @@ import pytest
 import torch
 
 from faceturn import checkpoint as ck
-from faceturn.train import RunDirError, TrainConfig, load_train_config, lr_at, train
+from faceturn.errors import ConfigError, RunDirError
+from faceturn.recipe import TrainConfig, load_train_config, resumable_fields
+from faceturn.train import lr_at, train
 
-MICRO_MODEL = (
-    'model.overrides=["dim=32", "num_layers=1", "num_heads=2", "text_card=8", "depformer_dim=16", '
-    '"depformer_num_heads=2", "depformer_dim_feedforward=32", "face_hidden=16", "yield_hidden=16", '
-    "\"zero_groups=['head_trans', 'brow']\"]"
-)
+MICRO_MODEL = [
+    "model.dim=32", "model.num_layers=1", "model.num_heads=2", "model.text_card=8", "model.depformer_dim=16",
+    "model.depformer_num_heads=2", "model.depformer_dim_feedforward=32", "model.face_hidden=16",
+    "model.yield_hidden=16", 'model.zero_groups=["head_trans", "brow"]',
+]  # fmt: skip
 BASE = [
-    MICRO_MODEL,
+    *MICRO_MODEL,
     "data.window_s=4",
     "data.batch_size=2",
     "data.face_dropout=0.25",
@@ -148,9 +149,8 @@ def test_killed_checkpoint_write_is_ignored_and_resume_is_exact(reference_run, c
 def test_mismatched_config_or_schema_names_the_field(reference_run, corpus_dir, tmp_path):
     with pytest.raises(ck.CheckpointError, match=r"train\.optim\.lr \(checkpoint has 0\.003, now 0\.001\)"):
         train(_cfg("optim.lr=1e-3"), corpus_dir, reference_run, resume=True)
-    other_model = MICRO_MODEL.replace("dim=32", "dim=48")
     with pytest.raises(ck.CheckpointError, match=r"model\.dim \(checkpoint has 32, now 48\)"):
-        train(load_train_config("aux", [*BASE, other_model]), corpus_dir, reference_run, resume=True)
+        train(load_train_config("aux", [*BASE, "model.dim=48"]), corpus_dir, reference_run, resume=True)
     bad = tmp_path / "step-0000006"
     shutil.copytree(reference_run / "checkpoints" / "step-0000006", bad)
     config = json.loads((bad / ck.CONFIG_FILE).read_text())
@@ -189,16 +189,34 @@ def test_presets_differ_only_in_yield_weight():
     assert aux == vanilla
 
 
-def test_cli_refuses_a_non_empty_run_folder_and_unknown_presets(reference_run, corpus_dir, capsys):
-    from faceturn.commands import train as command
+def test_any_field_is_set_alike_from_toml_set_and_python(tmp_path):
+    """model.face_norm / model.zero_groups are typed fields of the train config: a TOML table, `--set` and
+    `dataclasses.replace` give equal configs; a shape name fills every shape field; resumable fields are derived."""
+    from dataclasses import replace
 
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
-    args = parser.parse_args(["--config", "aux", "--corpus", str(corpus_dir), "--out", str(reference_run)])
-    assert command.run(args) == 2
+    base = load_train_config("aux")
+    by_python = replace(base, model=replace(base.model, face_norm="standardize", zero_groups=("brow",)))
+    by_set = load_train_config("aux", ["model.face_norm=standardize", 'model.zero_groups=["brow"]'])
+    toml = tmp_path / "mine.toml"
+    toml.write_text('inherit = "aux"\n[model]\nface_norm = "standardize"\nzero_groups = ["brow"]\n')
+    assert by_python == by_set == load_train_config(toml)
+    small = load_train_config("aux", ["model.shape=small"])
+    assert (small.model.shape, small.model.dim, small.model.num_layers) == ("small", 384, 6)
+    assert small.model.zero_groups == base.model.zero_groups  # experiment fields are not part of a shape
+    with pytest.raises(ConfigError, match="unknown face group .ears."):
+        load_train_config("aux", ['model.zero_groups=["ears"]'])
+    with pytest.raises(ConfigError, match="unknown config key 'model.overrides'"):
+        load_train_config("aux", ["model.overrides=[]"])
+    assert "train.eval_every_steps" in resumable_fields() and "train.optim.grad_accum" in resumable_fields()
+    assert not any(f.startswith(("train.model.", "train.loss.")) for f in resumable_fields())
+
+
+def test_cli_refuses_a_non_empty_run_folder_and_unknown_presets(reference_run, corpus_dir, capsys):
+    from faceturn.cli import main
+
+    assert main(["train", "--config", "aux", "--corpus", str(corpus_dir), "--out", str(reference_run)]) == 2
     assert "not empty; pass --resume" in capsys.readouterr().err
-    args = parser.parse_args(["--config", "auxx", "--corpus", str(corpus_dir), "--out", str(reference_run)])
-    assert command.run(args) == 2
+    assert main(["train", "--config", "auxx", "--corpus", str(corpus_dir), "--out", str(reference_run)]) == 2
     assert "unknown train config 'auxx'" in capsys.readouterr().err
 
 
@@ -206,7 +224,7 @@ def test_tensorboard_is_optional_with_a_clear_message(corpus_dir, tmp_path):
     try:
         import tensorboard  # noqa: F401
     except ImportError:
-        with pytest.raises(RuntimeError, match="pip install tensorboard"):
+        with pytest.raises(ConfigError, match="pip install tensorboard"):
             train(_cfg("tensorboard=true"), corpus_dir, tmp_path / "tb")
     else:
         pytest.skip("tensorboard is installed")
@@ -221,7 +239,8 @@ def test_ddp_two_gloo_processes_equal_one_process(corpus_dir, tmp_path):
             import sys
             import torch
             torch.set_num_threads(1)
-            from faceturn.train import load_train_config, train
+            from faceturn.recipe import load_train_config
+            from faceturn.train import train
             train(load_train_config("aux", sys.argv[3:]), sys.argv[1], sys.argv[2])
             """
         )
