@@ -15,7 +15,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from faceturn.eval.predict import Predictions
 from faceturn.io import atomic_write_text
+from faceturn.results import GroupReading, format_estimate, format_reading, robust_groups
+from faceturn.store import Corpus
+from faceturn.synth.truth import OBSERVABLE_SNR, planted_expectations
+from faceturn.timebase import frames_to_seconds
+from faceturn.viz.figures import (
+    auc_figure,
+    load_timeline,
+    logo_figure,
+    probe_figure,
+    roc_figure,
+    rows_from_bootstrap,
+    rows_from_probe,
+    timeline_figure,
+)
+from faceturn.viz.video import render_video
+from faceturn.viz.viewer import write_viewer
 
 TIMELINE_WINDOW_S = (0.0, 40.0)  # the demo timeline figure shows the first 40 s of a test conversation
 MEDIA_WINDOW_S = 60.0  # MP4s cover the first minute; viewer pages the whole conversation
@@ -113,22 +132,11 @@ def render_html(blocks: list[Block], root: Path, title: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- formatting
-def fmt_ci(block: dict[str, Any] | None, digits: int = 3, signed: bool = False) -> str:
-    """'0.812 [0.801, 0.823]' for a reported number (value, ci); 'n/a' when absent."""
-    if not block or block.get("value") is None:
-        return "n/a"
-    f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
-    if block.get("ci") is None:
-        return f.format(block["value"])
-    lo, hi = block["ci"]
-    return f"{f.format(block['value'])} [{f.format(lo)}, {f.format(hi)}]"
-
-
 def fmt_group(block: dict[str, Any] | None) -> str:
     """A leave-one-out cell: the ΔAUC, or for a group zeroed by default its 0 and the measured added-back ΔAUC."""
     if block and block.get("zeroed_by_default"):
-        return f"0 (zeroed by default); added back: {fmt_ci(block['added_back'], signed=True)}"
-    return fmt_ci(block, signed=True)
+        return f"0 (zeroed by default); added back: {format_estimate(block['added_back'], signed=True)}"
+    return format_estimate(block, signed=True)
 
 
 def headline_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
@@ -138,7 +146,7 @@ def headline_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[
     rows: list[tuple[str, ...]] = []
 
     def row(label: str, get, digits: int = 3, signed: bool = False) -> None:
-        rows.append((label, *(fmt_ci(get(c), digits, signed) for c in corpora)))
+        rows.append((label, *(format_estimate(get(c), digits, signed) for c in corpora)))
 
     c = results["corpora"]
     row("step 1 · face probe AUC", lambda k: c[k]["step1"]["probe"])
@@ -165,17 +173,6 @@ def headline_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[
 # ------------------------------------------------------------------------------------------------------- figures
 def make_figures(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
     """Every summary figure and one timeline per corpus, under figures/ (PNG + SVG); returns name → stem."""
-    from faceturn.eval.predict import Predictions
-    from faceturn.viz.figures import (
-        auc_figure,
-        load_timeline,
-        logo_figure,
-        probe_figure,
-        roc_figure,
-        rows_from_bootstrap,
-        rows_from_probe,
-        timeline_figure,
-    )
 
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
@@ -202,7 +199,8 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
             return {"name": name, "value": m["value"], "lo": m["ci"][0], "hi": m["ci"][1]}
 
         series = {c: [point(g, v) for g, v in att[c]["groups"].items()] for c in att}
-        logo_figure(series, fig_dir / "attribution")
+        readings = {g: GroupReading.from_json(r) for g, r in results["attribution"]["reading"].items()}
+        logo_figure(series, fig_dir / "attribution", robust=robust_groups(readings))
         stems["attribution"] = "figures/attribution"
     for c in corpora:
         conv = preds[c].meta["conversations"][0]
@@ -215,8 +213,6 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
 
 def _duration_s(pred: Any, conversation_id: str) -> float:
     """Length of a conversation of the corpus a `Predictions` was made for."""
-    from faceturn.store import Corpus
-    from faceturn.timebase import frames_to_seconds
 
     return frames_to_seconds(Corpus(pred.meta["corpus"]).entry(conversation_id).n_frames)
 
@@ -224,11 +220,6 @@ def _duration_s(pred: Any, conversation_id: str) -> float:
 def make_media(results: dict[str, Any], out_dir: Path, n_conversations: int, progress: bool = True) -> list:
     """A viewer page (whole conversation) and an MP4 (its first minute) for the first `n_conversations` test
     conversations of each corpus, under media/; skipped when they exist. Returns (label, html, mp4) tuples."""
-    from tqdm import tqdm
-
-    from faceturn.eval.predict import Predictions
-    from faceturn.viz.video import render_video
-    from faceturn.viz.viewer import write_viewer
 
     out_dir = Path(out_dir)
     todo = []
@@ -248,7 +239,6 @@ def make_media(results: dict[str, Any], out_dir: Path, n_conversations: int, pro
 
 # -------------------------------------------------------------------------------------------------------- report
 def _planted_section(results: dict[str, Any]) -> list[Block]:
-    from faceturn.study import OBSERVABLE_SNR, planted_expectations
 
     synthetic = [c for c, b in results["corpora"].items() if b["synthetic"] and b.get("truth")]
     if not synthetic:
@@ -314,7 +304,7 @@ def _posthoc_section(results: dict[str, Any]) -> list[Block]:
                     blocks.append(Para(
                         f"{c}: the `{norm}` model reaches AUC {r['auc_with']:.3f} with {g} in its input and "
                         f"{r['auc_without']:.3f} when retrained without it; post-hoc zeroing of {g} on it gives "
-                        f"{fmt_ci(att[c]['posthoc'][norm]['groups'][g], signed=True)} (INVALID)."
+                        f"{format_estimate(att[c]['posthoc'][norm]['groups'][g], signed=True)} (INVALID)."
                     ))  # fmt: skip
     return blocks
 
@@ -325,8 +315,8 @@ def posthoc_table(results: dict[str, Any], norm: str) -> Table:
     corpora = list(att)
     header = ("group", *(h for c in corpora for h in (f"{c} post hoc (INVALID)", f"{c} retrained")))
     rows = tuple(
-        (g, *(x for c in corpora for x in (fmt_ci(att[c]["posthoc"][norm]["groups"][g], signed=True),
-                                            fmt_ci(att[c]["posthoc"][norm]["retrained"].get(g), signed=True))))
+        (g, *(x for c in corpora for x in (format_estimate(att[c]["posthoc"][norm]["groups"][g], signed=True),
+                                            format_estimate(att[c]["posthoc"][norm]["retrained"].get(g), signed=True))))
         for g in att[corpora[0]]["posthoc"][norm]["groups"]
     )  # fmt: skip
     return Table(header, rows)
@@ -368,20 +358,20 @@ def build_report(results: dict[str, Any], stems: dict[str, str], media: list) ->
              "conversation-grouped cross-validation; label controls: i.i.d. shuffled, and circularly shifted within "
              "each conversation (keeps autocorrelation)."),
         Table(("probe", *corpora), tuple(
-            [("all channels", *(fmt_ci(c[k]["step1"]["probe"]) for k in corpora))]
-            + [(f"control: {n.replace('_', ' ')}", *(fmt_ci(c[k]["step1"]["controls"][n]) for k in corpora))
+            [("all channels", *(format_estimate(c[k]["step1"]["probe"]) for k in corpora))]
+            + [(f"control: {n.replace('_', ' ')}", *(format_estimate(c[k]["step1"]["controls"][n]) for k in corpora))
                for n in c[corpora[0]]["step1"]["controls"]]
-            + [(f"{kind} {g}", *(fmt_ci(c[k]["step1"][kind].get(g)) for k in corpora))
+            + [(f"{kind} {g}", *(format_estimate(c[k]["step1"][kind].get(g)) for k in corpora))
                for kind in ("only", "without") for g in c[corpora[0]]["step1"][kind]]
         )),
         Figure(stems["probe"], "Step 1: face-probe AUC and its label controls per corpus (95 % CIs)."),
         Heading("Step 2: a vanilla LM (no yield head)"),
         Para("Trained with next-token losses only. Zeroing the face: change of the self's audio next-token NLL and "
              "the KL between the two semantic predictions; frozen linear yield probes on hidden states with the face "
-             "present vs zeroed; the readout-gain ratio of DESIGN §7 (1 = the face moves hidden states in directions "
+             "present vs zeroed; the readout-gain ratio (1 = the face moves hidden states in directions "
              "the audio readout sees as much as random directions; below 1 = in directions it ignores)."),
         Table(("measure", *corpora), tuple(
-            (label, *(fmt_ci(c[k]["step2"].get(key), d, s) for k in corpora))
+            (label, *(format_estimate(c[k]["step2"].get(key), d, s) for k in corpora))
             for label, key, d, s in (
                 ("ΔNLL semantic (zeroed − face, nats)", "delta_nll_semantic", 4, True),
                 ("ΔNLL acoustic (nats)", "delta_nll_acoustic", 4, True),
@@ -399,16 +389,16 @@ def build_report(results: dict[str, Any], stems: dict[str, str], media: list) ->
              "zeroed, paired over identical frames, overall and by who holds the floor; VAP-convention event "
              "metrics (shift/hold balanced accuracy with the threshold chosen on the validation split)."),
         Table(("frames", *corpora), tuple(
-            (f"{part.replace('_', ' ')}: {cond}", *(fmt_ci(c[k]["step3"].get(part, {}).get(cond), 3, cond == "delta")
-                                                   for k in corpora))
+            (f"{part.replace('_', ' ')}: {cond}",
+             *(format_estimate(c[k]["step3"].get(part, {}).get(cond), 3, cond == "delta") for k in corpora))
             for part in ("all", "self_holds", "interlocutor_holds") for cond in ("face", "zeroed", "delta")
         ) + tuple(
-            (f"{part.replace('_', ' ')} AUC: {cond}", *(fmt_ci(c[k]["step3"].get(part, {}).get(cond))
+            (f"{part.replace('_', ' ')} AUC: {cond}", *(format_estimate(c[k]["step3"].get(part, {}).get(cond))
                                                        for k in corpora))
             for part in ("shift_hold", "shift_prediction") for cond in ("face", "zeroed")
         ) + tuple(
             (f"shift/hold balanced accuracy: {cond}",
-             *(fmt_ci(c[k]["step3"].get("shift_hold", {}).get(f"balanced_accuracy_{cond}")) for k in corpora))
+             *(format_estimate(c[k]["step3"].get("shift_hold", {}).get(f"balanced_accuracy_{cond}")) for k in corpora))
             for cond in ("face", "zeroed")
         )),
         Figure(stems["auc"], "Step 3: P(yield) AUC with the face vs face zeroed (left) and the paired ΔAUC (right)."),
@@ -430,9 +420,10 @@ def build_report(results: dict[str, Any], stems: dict[str, str], media: list) ->
                     "added back gives the measured ΔAUC = AUC(with it) − AUC(full)."
                     if att["default_zero_groups"] else "")),
             Table(("group", *acorpora, "reading"), tuple(
-                (g, *(fmt_group(att["corpora"][k]["groups"][g]) for k in acorpora), att["reading"][g])
+                (g, *(fmt_group(att["corpora"][k]["groups"][g]) for k in acorpora),
+                 format_reading(GroupReading.from_json(att["reading"][g])))
                 for g in att["reading"]
-            ) + ((("whole face (audio-only model)", *(fmt_ci(att["corpora"][k].get("audio_only"), signed=True)
+            ) + ((("whole face (audio-only model)", *(format_estimate(att["corpora"][k].get("audio_only"), signed=True)
                                                      for k in acorpora), ""),)
                  if all("audio_only" in att["corpora"][k] for k in acorpora) else ())),
             Para("Ranking per corpus: " + "; ".join(f"{k}: {' > '.join(r)}" for k, r in att["ranking"].items())

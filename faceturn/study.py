@@ -1,24 +1,35 @@
-"""The study of DESIGN §1 as one resumable job: probe (step 1), vanilla LM analyses (step 2), aux model face vs
-zeroed (step 3), leave-one-group-out attribution by retraining (with the labelled-invalid post-hoc table), and a
-cross-corpus summary, written as results.json, report.md and a self-contained report.html.
+"""The study (docs/design.md, "The study") as one resumable job: probe (step 1), vanilla LM analyses (step 2), aux
+model face vs zeroed (step 3), leave-one-group-out attribution by retraining (with the labelled-invalid post-hoc
+table), and a cross-corpus summary, written as results.json, report.md and a self-contained report.html.
 
-Every step writes its result file atomically into the study folder and is skipped when that file exists, so an
-interrupted study resumes where it stopped; a different configuration in the same folder is refused.
+Every step is a job (argv lists, configs as JSON files in the study folder) that writes its result file atomically
+and is skipped when that file exists, so an interrupted study resumes where it stopped; a different configuration in
+the same folder is refused.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from faceturn.config import load_toml, named_or_path
+from faceturn.config import load_toml, named_or_path, save_json, to_dict
+from faceturn.errors import CorpusError, FaceturnError
 from faceturn.eval.analyze import AnalyzeConfig
-from faceturn.eval.attribution import AttributionConfig
+from faceturn.eval.attribution import PRED_NAME, AttributionConfig, collect, plan_jobs, plan_runs
+from faceturn.eval.corpus import corpus_statistics
 from faceturn.eval.probe import ProbeConfig
+from faceturn.io import atomic_write_json
+from faceturn.jobs import Job, run_jobs
+from faceturn.recipe import TrainConfig, load_train_config
+from faceturn.report import format_headline, write_report
+from faceturn.results import Estimate, GroupReading, format_estimate, format_reading, read_group
+from faceturn.store import Corpus
+from faceturn.synth import generate_corpus, load_preset
+from faceturn.synth.truth import planted_expectations
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "study"
 
@@ -54,14 +65,6 @@ class CorpusSpec:
 
 
 @dataclass(frozen=True)
-class RunRecipe:
-    """A training recipe: a train config (preset name, TOML or JSON path) plus `key=value` overrides."""
-
-    config: str = "aux"
-    overrides: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class StudyConfig:
     """Everything the study depends on; saved as study.json in its folder."""
 
@@ -71,16 +74,24 @@ class StudyConfig:
     seed: int = 0  # bootstrap and label-control seed
     n_resamples: int = 2000  # conversation-cluster bootstrap resamples for every CI
     probe: ProbeConfig = field(default_factory=ProbeConfig)
-    vanilla: RunRecipe = field(default_factory=lambda: RunRecipe("vanilla"))  # step 2 (yield_weight = 0)
+    # step 2's model (yield_weight = 0): a whole train config, e.g. `[vanilla] inherit = "vanilla"` plus any fields
+    vanilla: TrainConfig = field(default_factory=lambda: load_train_config("vanilla"))
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)  # step 2's measurements (split, seed and
     #                                                                resamples are the study's)
-    aux: RunRecipe = field(default_factory=lambda: RunRecipe("aux"))  # step 3, and the attribution's full model
+    # step 3's model and the attribution's full model; its zero_groups and face_norm are the study's defaults
+    aux: TrainConfig = field(default_factory=lambda: load_train_config("aux"))
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     render_conversations: int = 1  # viewer pages and MP4s for the first N test conversations of each corpus
 
     def __post_init__(self) -> None:
         if not self.corpora:
             raise ValueError("a study needs at least one [[corpora]] entry")
+        if self.vanilla.loss.yield_weight != 0:
+            raise ValueError(
+                f"vanilla.loss.yield_weight must be 0 (step 2's model), got {self.vanilla.loss.yield_weight}"
+            )
+        if self.aux.loss.yield_weight <= 0:
+            raise ValueError(f"aux.loss.yield_weight must be > 0 (step 3's model), got {self.aux.loss.yield_weight}")
         names = [c.name for c in self.corpora]
         if len(set(names)) != len(names):
             raise ValueError(f"corpus names must be distinct, got {names}")
@@ -89,8 +100,6 @@ class StudyConfig:
 def load_study_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
     """A shipped study (`synthetic`, `real`) or a TOML file. Relative corpus paths are made absolute: relative to a
     TOML file's folder, or to the working directory for a shipped config."""
-    from dataclasses import replace
-
     path = named_or_path(name_or_path, CONFIG_DIR, "study config")
     cfg = load_toml(StudyConfig, path, overrides)
     base = Path.cwd() if path.parent.resolve() == CONFIG_DIR.resolve() else path.parent
@@ -105,9 +114,6 @@ def corpus_dirs(cfg: StudyConfig, out_dir: Path) -> dict[str, Path]:
 
 def ensure_corpora(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> dict[str, Path]:
     """Generate the synthetic corpora that are not there yet (resumable, deterministic) and check every corpus."""
-    from faceturn.store import Corpus
-    from faceturn.synth import generate_corpus, load_preset
-
     dirs = corpus_dirs(cfg, out_dir)
     for spec in cfg.corpora:
         if spec.synth is not None:
@@ -117,77 +123,59 @@ def ensure_corpora(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> di
                 audio=spec.synth.audio, corpus_name=spec.name, workers=os.cpu_count() or 1, progress=progress,
             )  # fmt: skip
         elif not (dirs[spec.name] / "manifest.jsonl").is_file():
-            raise ValueError(f"corpus {spec.name!r}: {dirs[spec.name]} is not a corpus folder (no manifest.jsonl)")
+            raise CorpusError(f"corpus {spec.name!r}: {dirs[spec.name]} is not a corpus folder (no manifest.jsonl)")
         if not Corpus(dirs[spec.name]).ids(cfg.split):
-            raise ValueError(f"corpus {spec.name!r} ({dirs[spec.name]}) has no conversations in split {cfg.split!r}")
+            raise CorpusError(f"corpus {spec.name!r} ({dirs[spec.name]}) has no conversations in split {cfg.split!r}")
     return dirs
 
 
 # ------------------------------------------------------------------------------------------------------ the runner
 def _check_study_folder(cfg: StudyConfig, out_dir: Path) -> None:
     """Save study.json; refuse a folder that holds a study with another configuration (results would mix)."""
-    from faceturn.config import to_dict
-    from faceturn.io import atomic_write_json
-
     path = Path(out_dir) / "study.json"
     if path.exists():
         if json.loads(path.read_text()) != to_dict(cfg):
-            raise ValueError(f"{path}: this folder holds a study with a different configuration; use a new --out")
+            raise FaceturnError(f"{path}: this folder holds a study with a different configuration; use a new --out")
         return
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, to_dict(cfg))
 
 
-def _set_flags(cfg: object) -> str:
-    """`--set k=v` flags that reproduce a flat dataclass config on a command line."""
-    import shlex
-
-    from faceturn.config import to_dict
-
-    return " ".join(f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in sorted(to_dict(cfg).items()))
+def plan_attribution(cfg: StudyConfig, plan_dir: Path, corpora: dict[str, Path]) -> list:
+    """The attribution plan of this study (its full model is the study's aux model) into `plan_dir`."""
+    return plan_runs(cfg.aux, cfg.attribution, cfg.split, plan_dir, corpora, study=to_dict(cfg))
 
 
-def study_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> list:
-    """Steps 1 and 2 as shell jobs (probe; vanilla training + analysis), plus the attribution plan's runs (whose
-    full models are step 3's aux models). Longest first, so two slots stay busy to the end."""
-    import shlex
-    from dataclasses import replace
-
-    from faceturn.config import save_json
-    from faceturn.eval.attribution import plan_jobs, plan_runs
-    from faceturn.jobs import Job
-    from faceturn.train import load_train_config
-
+def study_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> list[Job]:
+    """Steps 1 and 2 as jobs (probe; vanilla training + analysis), every config a JSON file under configs/, plus the
+    attribution plan's runs (whose full models are step 3's aux models). Longest first, so two slots stay busy to the
+    end."""
     out_dir = Path(out_dir)
-    q = shlex.quote
-    vanilla = load_train_config(cfg.vanilla.config, cfg.vanilla.overrides)
-    vanilla = replace(vanilla, progress=False)
+    vanilla = replace(cfg.vanilla, progress=False)
     analyze = replace(cfg.analyze, seed=cfg.seed, resamples=cfg.n_resamples, split=cfg.split)
+    probe = replace(cfg.probe, seed=cfg.seed)
+    save_json(analyze, out_dir / "configs/analyze.json")
+    save_json(probe, out_dir / "configs/probe.json")
     first, last = [], []
     for name, path in corpora.items():
-        c = q(str(Path(path).resolve()))
+        c = str(Path(path).resolve())
         cfg_rel = f"configs/vanilla/{name}.json"
         save_json(vanilla, out_dir / cfg_rel)
         run_rel = f"runs/{name}/vanilla"
-        first.append(Job(
-            f"step2/{name}",
-            f"faceturn train --config {cfg_rel} --corpus {c} --out {run_rel} --resume && faceturn analyze --run "
-            f"{run_rel} --corpus {c} --out step2/{name} {_set_flags(analyze)}",
-            out_dir, (Path(f"step2/{name}/analysis.json"),),
-        ))  # fmt: skip
-        probe = replace(cfg.probe, seed=cfg.seed)
-        last.append(Job(f"step1/{name}", f"faceturn probe --corpus {c} --out step1/{name} {_set_flags(probe)}",
-                        out_dir, (Path(f"step1/{name}/probe.json"),)))  # fmt: skip
-    plan_runs(cfg, out_dir / "attribution", corpora)
+        first.append(Job(f"step2/{name}", (
+            ("faceturn", "train", "--config", cfg_rel, "--corpus", c, "--out", run_rel, "--resume"),
+            ("faceturn", "analyze", "--run", run_rel, "--corpus", c, "--out", f"step2/{name}", "--config",
+             "configs/analyze.json"),
+        ), out_dir, (Path(f"step2/{name}/analysis.json"),)))  # fmt: skip
+        last.append(Job(f"step1/{name}", (
+            ("faceturn", "probe", "--corpus", c, "--out", f"step1/{name}", "--config", "configs/probe.json"),
+        ), out_dir, (Path(f"step1/{name}/probe.json"),)))  # fmt: skip
+    plan_attribution(cfg, out_dir / "attribution", corpora)
     return first + plan_jobs(out_dir / "attribution") + last
 
 
 def run_study(cfg: StudyConfig, out_dir: Path, *, jobs: int | None = None, progress: bool = True) -> dict:
     """Run (or resume) the whole study into `out_dir`; returns the content of results.json."""
-    from faceturn.eval.attribution import collect
-    from faceturn.io import atomic_write_json
-    from faceturn.jobs import run_jobs
-
     out_dir = Path(out_dir)
     _check_study_folder(cfg, out_dir)
     corpora = ensure_corpora(cfg, out_dir, progress=progress)
@@ -199,18 +187,12 @@ def run_study(cfg: StudyConfig, out_dir: Path, *, jobs: int | None = None, progr
         collect(out_dir / "attribution", cfg.n_resamples, cfg.seed)
     results = _results(cfg, out_dir, corpora)
     atomic_write_json(out_dir / "results.json", results)
-    from faceturn.report import write_report
-
     write_report(results, out_dir, progress=progress)
     return results
 
 
 def _corpus_facts(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> None:
     """corpora.json: each corpus' statistics and, for synthetic ones, what the generator planted (truth.json)."""
-    from faceturn.commands.inspect import corpus_statistics
-    from faceturn.io import atomic_write_json
-    from faceturn.store import Corpus
-
     path = out_dir / "corpora.json"
     if path.is_file():
         return
@@ -229,58 +211,51 @@ def _corpus_facts(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> 
     atomic_write_json(path, facts)
 
 
-def step3_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> list:
-    """Step 3 as shell jobs: `faceturn evaluate` on the aux model's predictions (the attribution's full model, first
+def step3_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> list[Job]:
+    """Step 3 as jobs: `faceturn evaluate` on the aux model's predictions (the attribution's full model, first
     training seed), thresholds for the event metrics from its validation predictions."""
-    import shlex
-
-    from faceturn.eval.attribution import PRED_NAME
-    from faceturn.jobs import Job
-
-    q = shlex.quote
     jobs = []
     for name, path in corpora.items():
         run = f"attribution/runs/{name}/full-s{cfg.attribution.seeds[0]}"
-        jobs.append(Job(
-            f"step3/{name}",
-            f"faceturn evaluate --pred {run}/{PRED_NAME.format(split=cfg.split)} --val-pred "
-            f"{run}/{PRED_NAME.format(split='val')} --corpus {q(str(Path(path).resolve()))} --split {q(cfg.split)} "
-            f"--out step3/{name} --resamples {cfg.n_resamples} --seed {cfg.seed}",
-            out_dir, (Path(f"step3/{name}/results.json"),),
-        ))  # fmt: skip
+        jobs.append(Job(f"step3/{name}", ((
+            "faceturn", "evaluate", "--pred", f"{run}/{PRED_NAME.format(split=cfg.split)}",
+            "--val-pred", f"{run}/{PRED_NAME.format(split='val')}", "--corpus", str(Path(path).resolve()),
+            "--split", cfg.split, "--out", f"step3/{name}", "--resamples", str(cfg.n_resamples),
+            "--seed", str(cfg.seed),
+        ),), out_dir, (Path(f"step3/{name}/results.json"),)))  # fmt: skip
     return jobs
 
 
 # ------------------------------------------------------------------------------------------------------- results
-RESULTS_FORMAT = "faceturn-study-results/1"
-OBSERVABLE_SNR = 2.0  # planted cue per hand-over × observation gain, over the observation noise SD, to count as seen
+RESULTS_FORMAT = "faceturn-study-results/2"
 
 
-def _ci(value: float, ci: list[float] | tuple[float, float] | None, source: str) -> dict[str, Any]:
-    """One reported number: value, 95 % CI, and the file (relative to the study folder) it was read from."""
-    return {"value": float(value), "ci": None if ci is None else [float(ci[0]), float(ci[1])], "source": source}
+def _ci(value: float, ci: list[float] | None, source: str, n: int | None = None) -> dict[str, Any]:
+    """One reported number as results.json holds it (`faceturn.results.Estimate`): value, 95 % CI, conversations
+    behind the CI, and the file (relative to the study folder) it was read from."""
+    return Estimate(value, None if ci is None else (ci[0], ci[1]), n, source).to_json()
 
 
 def _read_step1(out_dir: Path, name: str) -> dict[str, Any]:
     src = f"step1/{name}/probe.json"
     probe = json.loads((out_dir / src).read_text())
     block = {
-        "probe": _ci(probe["probes"]["all"]["auc"], probe["probes"]["all"]["ci"], src),
-        "controls": {k: _ci(v["auc"], v["ci"], src) for k, v in probe["controls"].items()},
+        "probe": _ci(probe["probes"]["all"]["auc"], probe["probes"]["all"]["ci"], src, probe["n_conversations"]),
+        "controls": {k: _ci(v["auc"], v["ci"], src, probe["n_conversations"]) for k, v in probe["controls"].items()},
         "only": {}, "without": {},
         "n_frames": probe["n_frames"], "n_conversations": probe["n_conversations"],
     }  # fmt: skip
     for key, v in probe["probes"].items():
         kind, _, group = key.partition(":")
         if group:
-            block[kind][group] = _ci(v["auc"], v["ci"], src)
+            block[kind][group] = _ci(v["auc"], v["ci"], src, probe["n_conversations"])
     return block
 
 
 def _read_step2(out_dir: Path, name: str) -> dict[str, Any]:
     src = f"step2/{name}/analysis.json"
     res = json.loads((out_dir / src).read_text())
-    block = {k: _ci(v["value"], v["ci"], src) for k, v in res["prediction_change"].items()}
+    block = {k: _ci(v["value"], v["ci"], src, v.get("n_clusters")) for k, v in res["prediction_change"].items()}
     probe = res["hidden_probe"]
     block["hidden_probe_face"] = _ci(probe["auc"]["face"], probe["ci"]["face"], src)
     block["hidden_probe_zeroed"] = _ci(probe["auc"]["zeroed"], probe["ci"]["zeroed"], src)
@@ -302,9 +277,9 @@ def _read_step3(out_dir: Path, name: str) -> dict[str, Any]:
             block[part] = {"note": b["note"], "n_frames": b["n_frames"]}
             continue
         block[part] = {
-            "face": _ci(b["auc"]["face"], b["ci"]["face"], src),
-            "zeroed": _ci(b["auc"]["zeroed"], b["ci"]["zeroed"], src),
-            "delta": _ci(b["delta"], b["delta_ci"], src),
+            "face": _ci(b["auc"]["face"], b["ci"]["face"], src, b["n_clusters"]),
+            "zeroed": _ci(b["auc"]["zeroed"], b["ci"]["zeroed"], src, b["n_clusters"]),
+            "delta": _ci(b["delta"], b["delta_ci"], src, b["n_clusters"]),
             "n_frames": b["n_frames"], "n_conversations": b["n_clusters"],
         }  # fmt: skip
     ev = res["events"]
@@ -328,15 +303,17 @@ def _read_attribution(out_dir: Path) -> dict[str, Any]:
     for corpus, b in res["corpora"].items():
         c: dict[str, Any] = {
             "full_auc": _ci(b["full_auc"]["auc"], b["full_auc"]["ci"], src),
-            "groups": {g: {**_ci(v["delta"], v["delta_ci"], src), "seed_sd": v["seed_sd"],
+            "groups": {g: {**_ci(v["delta"], v["delta_ci"], src, v.get("n_clusters")), "seed_sd": v["seed_sd"],
                            "zeroed_by_default": v["zeroed_by_default"]} for g, v in b["groups"].items()},
         }  # fmt: skip
         for g, v in b["groups"].items():
             if v["zeroed_by_default"]:  # 0 by construction; the measured number is the model with it added back
                 a = v["added_back"]
-                c["groups"][g]["added_back"] = {**_ci(a["delta"], a["delta_ci"], src), "seed_sd": a["seed_sd"]}
+                c["groups"][g]["added_back"] = {**_ci(a["delta"], a["delta_ci"], src, a["n_clusters"]),
+                                                "seed_sd": a["seed_sd"]}  # fmt: skip
         if "audio_only" in b:
-            c["audio_only"] = _ci(b["audio_only"]["delta"], b["audio_only"]["delta_ci"], src)
+            c["audio_only"] = _ci(b["audio_only"]["delta"], b["audio_only"]["delta_ci"], src,
+                                  b["audio_only"]["n_clusters"])  # fmt: skip
         c["posthoc"] = {
             norm: {
                 "valid": False,
@@ -349,22 +326,6 @@ def _read_attribution(out_dir: Path) -> dict[str, Any]:
             for norm, p in b["posthoc"].items()
         }  # fmt: skip
         out["corpora"][corpus] = c
-    return out
-
-
-def planted_expectations(truth: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per face group, what the generator planted and whether a model can see it: `strength` = expected cue
-    displacement per hand-over × the framing's observation gain; `snr` = strength over the observation noise SD
-    (drift included). Groups: "none" (nothing planted), "weak" (planted, snr < OBSERVABLE_SNR: no expectation either
-    way), "observable" (a model that uses it should show ΔAUC > 0)."""
-    out = {}
-    for g, t in truth["groups"].items():
-        strength = t["cue_strength"] * t["observation_gain"]
-        noise = math.hypot(t["observation_noise_sd"], t["observation_drift_sd"])
-        snr = strength / noise if noise > 0 else (math.inf if strength > 0 else 0.0)
-        kind = "none" if t["cue_strength"] == 0 else ("observable" if snr >= OBSERVABLE_SNR else "weak")
-        out[g] = {"cue_strength": t["cue_strength"], "observation_gain": t["observation_gain"],
-                  "strength": strength, "snr": snr, "planted": kind}  # fmt: skip
     return out
 
 
@@ -390,7 +351,7 @@ def recovery_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
         worst = max(v["ci"][1] for v in ctrl.values())
         add(c, "step 1: the face alone predicts hand-overs",
             "probe CI above both label controls (cues were planted)",
-            f"probe {s1['probe']['value']:.3f} [{s1['probe']['ci'][0]:.3f}, {s1['probe']['ci'][1]:.3f}]; controls "
+            f"probe {format_estimate(s1['probe'])}; controls "
             + ", ".join(f"{k} {v['value']:.3f}" for k, v in ctrl.items()),
             s1["probe"]["ci"][0] > worst)  # fmt: skip
         add(c, "step 1: the label controls sit at chance", "both controls within 0.5 ± 0.02",
@@ -398,7 +359,7 @@ def recovery_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
             all(abs(v["value"] - 0.5) <= 0.02 for v in ctrl.values()))  # fmt: skip
         d = b["step3"]["all"]["delta"]
         add(c, "step 3: the aux model uses the face", "ΔAUC (face − zeroed) CI above zero",
-            f"{d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]", d["ci"][0] > 0)  # fmt: skip
+            format_estimate(d, signed=True), d["ci"][0] > 0)  # fmt: skip
         if c not in att["corpora"]:
             continue
         found = att["corpora"][c]["groups"]
@@ -407,8 +368,7 @@ def recovery_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             f = _measured(found[g])
             default = found[g]["zeroed_by_default"]
-            text = ("zeroed by default; added back: " if default else "") + (
-                f"ΔAUC {f['value']:+.3f} [{f['ci'][0]:+.3f}, {f['ci'][1]:+.3f}]")  # fmt: skip
+            text = ("zeroed by default; added back: " if default else "") + f"ΔAUC {format_estimate(f, signed=True)}"
             how = "added-back " if default else ""
             if p["planted"] == "none":  # a model may do slightly better without a useless input: ΔAUC ≤ 0 is fine
                 add(c, f"attribution: {g} carries nothing", f"nothing planted: {how}CI not above zero", text,
@@ -434,25 +394,22 @@ def recovery_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
             kinds = {c: planted[c][g]["planted"] for c in have}
             if "weak" in kinds.values():
                 continue
-            seen = [c for c, k in kinds.items() if k == "observable"]
             default = any(att["corpora"][c]["groups"][g]["zeroed_by_default"] for c in have)
-            if default:
-                expected = "zeroed by default; " + (
-                    f"adding it back helps on {', '.join(seen)}" if seen else "adding it back does not help"
-                )
-            elif seen:
-                expected = "robust" if len(seen) == len(kinds) else f"corpus-dependent (used on {', '.join(seen)} only)"
-            else:
-                expected = "no detectable effect"
-            add("all", f"cross-corpus reading of {g}", expected, att["reading"][g], expected == att["reading"][g])
+            expected = read_group({c: k == "observable" for c, k in kinds.items()}, default)
+            found = GroupReading.from_json(att["reading"][g])
+            add(
+                "all",
+                f"cross-corpus reading of {g}",
+                format_reading(expected),
+                format_reading(found),
+                expected == found,
+            )
     return checks
 
 
 def _results(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> dict[str, Any]:
     """results.json: every number of the study with its CI and the file it came from (paths relative to the study
     folder, so two runs of the same study in different folders write identical files)."""
-    from faceturn.config import to_dict
-
     facts = json.loads((out_dir / "corpora.json").read_text())
     per_corpus = {}
     for name in corpora:
@@ -484,10 +441,8 @@ def _results(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> dict[
 def reseed(cfg: StudyConfig, seed: int) -> StudyConfig:
     """The same study with every seed set from `seed`: synthetic corpora, the vanilla run, the bootstrap and label
     controls get `seed`; the attribution's k training seeds become seed, seed + 1, ..., seed + k − 1."""
-    from dataclasses import replace
-
     corpora = tuple(replace(c, synth=replace(c.synth, seed=seed)) if c.synth else c for c in cfg.corpora)
-    vanilla = replace(cfg.vanilla, overrides=(*cfg.vanilla.overrides, f"seed={seed}", f"data.seed={seed}"))
+    vanilla = replace(cfg.vanilla, seed=seed, data=replace(cfg.vanilla.data, seed=seed))
     seeds = tuple(seed + i for i in range(len(cfg.attribution.seeds)))
     return replace(cfg, corpora=corpora, seed=seed, vanilla=vanilla, attribution=replace(cfg.attribution, seeds=seeds))
 
@@ -495,11 +450,6 @@ def reseed(cfg: StudyConfig, seed: int) -> StudyConfig:
 def run_and_summarize(cfg: StudyConfig, out_dir: Path, *, jobs: int | None = None, progress: bool = True) -> str:
     """Run (or resume) the study, time it, and return what a user should read: the report's paths, the recovery
     verdict for synthetic corpora, and the headline table."""
-    import time
-
-    from faceturn.io import atomic_write_json
-    from faceturn.report import format_headline
-
     t0 = time.perf_counter()
     results = run_study(cfg, out_dir, jobs=jobs, progress=progress)
     elapsed_s = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""`faceturn attribute plan / run / collect` at micro scale: the plan is plain shell commands with identical budgets,
+"""`faceturn attribute plan / run / collect` at micro scale: the plan is argv lists with identical budgets,
 killing `run` half-way and re-running finishes without retraining finished runs, collect pairs identical frames and
 keeps post-hoc zeroing apart and labelled invalid."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,8 +30,7 @@ name = "tight"
 path = "{corpus}"
 
 [aux]
-config = "aux"
-overrides = {aux}
+{aux}
 
 [attribution]
 groups = ["eye_gaze", "head_trans"]
@@ -40,9 +40,14 @@ posthoc_norms = ["layernorm", "standardize"]
 retrain_check_groups = ["head_trans"]
 jobs = 2
 """
-AUX = ["data.window_s=5", "optim.max_steps=4", "optim.warmup_steps=1", "eval_every_steps=0", "progress=false",
-       "data.batch_size=2", "checkpoint_every_steps=2", "loss.audio_weight=0",
-       "model.overrides=['face_norm=\"standardize\"']"]  # fmt: skip
+AUX = """inherit = "aux"
+eval_every_steps = 0
+progress = false
+checkpoint_every_steps = 2
+data = { window_s = 5, batch_size = 2 }
+optim = { max_steps = 4, warmup_steps = 1 }
+loss = { audio_weight = 0 }
+model = { face_norm = "standardize" }"""
 # head_trans is zeroed by default (the model config), so it is retrained *added back* rather than left out
 VARIANTS = {"full", "no-eye_gaze", "with-head_trans", "audio-only", "full-layernorm", "with-head_trans-layernorm"}
 
@@ -57,8 +62,8 @@ def corpus(tmp_path_factory) -> Path:
     return out
 
 
-def write_study(path: Path, corpus: Path, aux: list[str] = AUX) -> Path:
-    path.write_text(STUDY.format(corpus=corpus, aux=json.dumps(aux)))
+def write_study(path: Path, corpus: Path, aux: str = AUX) -> Path:
+    path.write_text(STUDY.format(corpus=corpus, aux=aux))
     return path
 
 
@@ -67,46 +72,47 @@ def planned(corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("plan")
     config = write_study(root / "study.toml", corpus)
     out = root / "study"
-    assert main(["attribute", "plan", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    assert main(["attribute", "plan", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
     return config, out
 
 
-def test_plan_is_one_shell_command_per_run_with_identical_budgets(planned):
+def test_plan_is_argv_lists_with_identical_budgets(planned):
     config, out = planned
     _, runs = load_plan(out)
     assert {r.variant for r in runs} == VARIANTS and all(r.id == f"tight/{r.variant}-s0" for r in runs)
     lines = [x for x in (out / "plan.txt").read_text().splitlines() if not x.startswith("#")]
-    assert lines == [r.command for r in runs]
+    assert lines == [" && ".join(shlex.join(step) for step in r.steps) for r in runs]
     assert all(line.startswith("faceturn train --config configs/tight/") and "--resume && faceturn predict" in line
                for line in lines)  # fmt: skip
     configs = {r.variant: json.loads((out / f"configs/{r.id}.json").read_text()) for r in runs}
-    zero = {v: sorted(json.loads(next(o for o in c["model"]["overrides"] if o.startswith("zero_groups"))
-                                 .split("=", 1)[1])) for v, c in configs.items()}  # fmt: skip
+    zero = {v: sorted(c["model"]["zero_groups"]) for v, c in configs.items()}
     assert zero["full"] == zero["full-layernorm"] == ["head_trans"] and zero["no-eye_gaze"] == [
         "eye_gaze",
         "head_trans",
     ]
     assert zero["with-head_trans"] == zero["with-head_trans-layernorm"] == []
     assert len(zero["audio-only"]) == 6
-    norm = {v: next(o for o in c["model"]["overrides"] if o.startswith("face_norm")) for v, c in configs.items()}
-    assert norm["full-layernorm"] == 'face_norm="layernorm"' and norm["no-eye_gaze"] == 'face_norm="standardize"'
+    norm = {v: c["model"]["face_norm"] for v, c in configs.items()}
+    assert norm["full-layernorm"] == "layernorm" and norm["no-eye_gaze"] == "standardize"
     strip = [{k: v for k, v in c.items() if k != "model"} for c in configs.values()]
+    shapes = [{k: v for k, v in c["model"].items() if k not in ("zero_groups", "face_norm")} for c in configs.values()]
+    assert all(m == shapes[0] for m in shapes)
     assert all(s == strip[0] for s in strip)  # same data, budget, seeds; only the face settings differ
     posthoc = {r.variant: r.posthoc_groups for r in runs if r.posthoc_groups}  # only on models that saw the group
     assert posthoc == {"full": ("eye_gaze",), "full-layernorm": ("eye_gaze",), "with-head_trans": ("head_trans",),
                        "with-head_trans-layernorm": ("head_trans",)}  # fmt: skip
     before = (out / "plan.json").read_text()
-    assert main(["attribute", "plan", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    assert main(["attribute", "plan", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
     assert (out / "plan.json").read_text() == before  # re-planning is idempotent
 
 
 def test_without_default_zeroing_every_group_is_left_out(corpus, tmp_path):
     """A model config that zeroes nothing (the paper's first setup): head_trans is retrained left out like any group,
     and the layernorm retrain check trains it left out as well."""
-    model = "model.overrides=['face_norm=\"standardize\"', 'zero_groups=[]']"
-    config = write_study(tmp_path / "study.toml", corpus, [*AUX[:-1], model])
+    model = 'model = { face_norm = "standardize", zero_groups = [] }'
+    config = write_study(tmp_path / "study.toml", corpus, AUX.replace('model = { face_norm = "standardize" }', model))
     out = tmp_path / "study"
-    assert main(["attribute", "plan", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    assert main(["attribute", "plan", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
     data, runs = load_plan(out)
     assert data["default_zero_groups"] == []
     assert {r.variant: list(r.zero_groups) for r in runs if r.variant != "audio-only"} == {
@@ -117,13 +123,14 @@ def test_without_default_zeroing_every_group_is_left_out(corpus, tmp_path):
 
 def test_a_plan_for_another_study_is_refused(planned, corpus, tmp_path, capsys):
     _, out = planned
-    other = write_study(tmp_path / "other.toml", corpus, [*AUX, "optim.max_steps=5"])
-    assert main(["attribute", "plan", "--config", str(other), "--out", str(out), "--quiet"]) == 2
+    other = write_study(tmp_path / "other.toml", corpus, AUX.replace("max_steps = 4", "max_steps = 5"))
+    assert main(["attribute", "plan", "--config", str(other), "--out", str(out), "--no-progress"]) == 2
     assert "plan for a different study configuration" in capsys.readouterr().err
 
 
 def _dollar_lines(log: Path) -> int:
-    return sum(line.startswith("$ ") for line in log.read_text().splitlines()) if log.exists() else 0
+    """How many times the job started: its first step (training) is logged once per start."""
+    return sum(line.startswith("$ faceturn train ") for line in log.read_text().splitlines()) if log.exists() else 0
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +139,7 @@ def finished(planned):
     _, out = planned
     _, runs = load_plan(out)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [sys.executable, "-m", "faceturn", "attribute", "run", str(out), "--jobs", "1", "--quiet"]
+    cmd = [sys.executable, "-m", "faceturn", "attribute", "run", str(out), "--jobs", "1", "--no-progress"]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, **quiet)
     try:
@@ -146,7 +153,7 @@ def finished(planned):
     done_first = [r for r in runs if is_done(out, r)]
     assert 0 < len(done_first) < len(runs)
     before = {r.id: _dollar_lines(out / "logs" / f"{r.id}.log") for r in runs}
-    assert main(["attribute", "run", str(out), "--quiet"]) == 0
+    assert main(["attribute", "run", str(out), "--no-progress"]) == 0
     return out, runs, done_first, before
 
 
@@ -159,7 +166,7 @@ def test_killed_run_resumes_without_retraining_finished_runs(finished):
             assert _dollar_lines(log) == before[r.id] == 1, r.id  # not started again
         else:
             assert _dollar_lines(log) == before[r.id] + 1, r.id
-    assert main(["attribute", "run", str(out), "--quiet"]) == 0  # nothing left: nothing runs
+    assert main(["attribute", "run", str(out), "--no-progress"]) == 0  # nothing left: nothing runs
     assert all(_dollar_lines(out / "logs" / f"{r.id}.log") == before[r.id] + (r not in done_first) for r in runs)
 
 
@@ -181,7 +188,7 @@ def test_collect_pairs_frames_and_labels_post_hoc_invalid(finished, capsys):
     assert trans["added_back"]["other_auc"] == gaze["reference_auc"] == block["full_auc"]["auc"]
     assert trans["added_back"]["reference_auc"] != block["full_auc"]["auc"]  # a different, retrained model
     assert "| head_trans | 0 (zeroed by default); added back: " in printed
-    assert res["summary"]["reading"]["head_trans"].startswith("zeroed by default; adding it back")
+    assert res["summary"]["reading"]["head_trans"]["reading"].startswith("zeroed by default; adding it back")
     assert set(block["posthoc"]) == {"layernorm", "standardize"}
     for norm, p in block["posthoc"].items():
         assert all(not row["valid"] and row["method"] == "posthoc" for row in p["groups"].values()), norm

@@ -115,7 +115,7 @@ LOGO_SERIES = {
 
 
 def test_summary_charts(tmp_path):
-    from faceturn.eval.stats import paired_cluster_bootstrap
+    from faceturn.stats import paired_cluster_bootstrap
 
     rng = np.random.default_rng(0)
     y = rng.random(600) < 0.3
@@ -128,7 +128,7 @@ def test_summary_charts(tmp_path):
     _check_files(F.auc_figure({"tight": rows, **{k: v for k, v in AUC_SERIES.items() if k == "wide"}}, tmp_path / "a"))
     _check_files(F.auc_figure({"wide": AUC_SERIES["wide"]}, tmp_path / "one.auc"))  # no delta rows: one panel
     assert (tmp_path / "one.auc.png").exists()  # the stem is used as given, dots and all
-    _check_files(F.logo_figure(LOGO_SERIES, tmp_path / "logo"))
+    _check_files(F.logo_figure(LOGO_SERIES, tmp_path / "logo", robust=["head_rot"]))
     probe = {"probes": {"all": {"auc": 0.76, "ci": [0.74, 0.78]}},
              "controls": {"shuffled": {"auc": 0.5, "ci": [0.48, 0.52]}, "circular_shift": {"auc": 0.52,
                           "ci": [0.49, 0.55]}}}  # fmt: skip
@@ -137,21 +137,30 @@ def test_summary_charts(tmp_path):
     _check_files(F.probe_figure({"tight": rows, "wide": rows}, tmp_path / "probe"))
 
 
-def test_robust_groups_need_a_ci_excluding_zero_on_every_corpus():
-    # only head_rot excludes zero on both corpora (eye_gaze: not on wide; jaw_mouth: not on tight; brow: neither)
-    assert F.robust_groups(LOGO_SERIES) == ["head_rot"]
+def test_robust_groups_need_a_ci_above_zero_on_every_corpus():
+    """The one definition of the cross-corpus reading (faceturn.results), which tables, figures and checks share."""
+    from faceturn.results import Estimate, Reading, read_group, robust_groups
+
+    def above(series):
+        return {c: Estimate(r[0]["value"], (r[0]["lo"], r[0]["hi"])).above_zero for c, r in series.items()}
+
+    by_group = {g: {c: [r for r in rows if r["name"] == g] for c, rows in LOGO_SERIES.items()}
+                for g in ("eye_gaze", "head_rot", "jaw_mouth", "brow")}  # fmt: skip
+    readings = {g: read_group(above(s), zeroed_by_default=False) for g, s in by_group.items()}
+    assert robust_groups(readings) == ["head_rot"]  # eye_gaze: not on wide; jaw_mouth: not on tight; brow: neither
     one_sided = {"a": [{"name": "g", "value": 0.1, "lo": 0.05, "hi": 0.2}],
                  "b": [{"name": "g", "value": -0.1, "lo": -0.2, "hi": -0.05}]}  # fmt: skip
-    assert F.robust_groups(one_sided) == []  # opposite signs are not a robust effect
+    assert read_group(above(one_sided), False).reading is Reading.CORPUS_DEPENDENT  # opposite signs: not robust
     below = {c: [{"name": "g", "value": -0.1, "lo": -0.2, "hi": -0.05}] for c in ("a", "b")}
-    assert F.robust_groups(below) == []  # better without it everywhere: not a use of the group
-    assert F.robust_groups({"a": [{"name": "g", "value": 0.1, "lo": None, "hi": None}]}) == []
+    assert read_group(above(below), False).reading is Reading.NO_EFFECT  # better without it: not a use of it
+    assert read_group(above(below), True).reading is Reading.DEFAULT_NO_HELP
+    assert not Estimate(0.1).above_zero  # no CI, no claim
 
 
 def test_roc_points_agree_with_sklearn(viz_data, tmp_path):
     from sklearn.metrics import roc_curve
 
-    from faceturn.eval.stats import roc_auc
+    from faceturn.stats import roc_auc
 
     rng = np.random.default_rng(1)
     y = rng.random(3000) < 0.2

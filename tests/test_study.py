@@ -12,7 +12,9 @@ import pytest
 from browser import open_file, png_content
 
 from faceturn.cli import main
-from faceturn.study import planted_expectations, recovery_checks
+from faceturn.results import read_group
+from faceturn.study import recovery_checks
+from faceturn.synth.truth import planted_expectations
 
 MICRO_STUDY = """
 name = "micro"
@@ -34,12 +36,10 @@ resamples = 100
 max_frames = 4000
 
 [vanilla]
-config = "vanilla"
-overrides = {vanilla}
+{vanilla}
 
 [aux]
-config = "aux"
-overrides = {aux}
+{aux}
 
 [attribution]
 groups = ["head_trans"]
@@ -50,14 +50,17 @@ retrain_check_groups = []
 jobs = 2
 """
 SYNTH = ["conversations_per_group=2", "floor.duration_min_s=40.0", "floor.duration_max_s=50.0"]
-TRAIN = ["data.window_s=5", "optim.warmup_steps=1", "eval_every_steps=0", "progress=false", "data.batch_size=2"]
+TRAIN = """eval_every_steps = 0
+progress = false
+checkpoint_every_steps = 2
+data = { window_s = 5, batch_size = 2 }"""
 
 
 def write_micro_study(path: Path) -> Path:
-    aux = [*TRAIN, "optim.max_steps=4", "checkpoint_every_steps=2", "loss.audio_weight=0",
-           "model.overrides=['face_norm=\"standardize\"']"]  # fmt: skip
-    vanilla = [*TRAIN, "optim.max_steps=2", "checkpoint_every_steps=2"]
-    path.write_text(MICRO_STUDY.format(synth=json.dumps(SYNTH), vanilla=json.dumps(vanilla), aux=json.dumps(aux)))
+    aux = f'inherit = "aux"\n{TRAIN}\noptim = {{ max_steps = 4, warmup_steps = 1 }}\nloss = {{ audio_weight = 0 }}\n'
+    aux += 'model = { face_norm = "standardize" }'
+    vanilla = f'inherit = "vanilla"\n{TRAIN}\noptim = {{ max_steps = 2, warmup_steps = 1 }}'
+    path.write_text(MICRO_STUDY.format(synth=json.dumps(SYNTH), vanilla=vanilla, aux=aux))
     return path
 
 
@@ -66,7 +69,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     config = write_micro_study(root / "micro.toml")
     out = root / "out"
-    assert main(["study", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    assert main(["study", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
     return config, out
 
 
@@ -106,7 +109,7 @@ def test_results_trace_every_number_to_a_file(study):
         att = res["attribution"]["corpora"][c]
         assert set(att["groups"]) == {"head_trans"}
         assert att["posthoc"]["standardize"]["valid"] is False
-    assert res["attribution"]["reading"]["head_trans"].startswith("zeroed by default; adding it back")
+    assert res["attribution"]["reading"]["head_trans"]["reading"].startswith("zeroed by default; adding it back")
     assert {c["corpus"] for c in res["recovery"]} == {"tight", "wide", "all"}
 
 
@@ -146,7 +149,7 @@ def test_rerun_skips_everything_and_reproduces_results(study):
     config, out = study
     before = (out / "results.json").read_text()
     logs = {p: p.read_text() for p in (out / "logs").rglob("*.log")}
-    assert main(["study", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    assert main(["study", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
     assert (out / "results.json").read_text() == before
     assert {p: p.read_text() for p in (out / "logs").rglob("*.log")} == logs  # no job ran again
 
@@ -155,7 +158,7 @@ def test_a_different_study_in_the_same_folder_is_refused(study, tmp_path, capsys
     config, out = study
     other = tmp_path / "other.toml"
     other.write_text(config.read_text().replace("n_resamples = 200", "n_resamples = 300"))
-    assert main(["study", "--config", str(other), "--out", str(out), "--quiet"]) == 2
+    assert main(["study", "--config", str(other), "--out", str(out), "--no-progress"]) == 2
     assert "holds a study with a different configuration" in capsys.readouterr().err
 
 
@@ -183,7 +186,8 @@ def _block(value: float, lo: float, hi: float) -> dict:
     return {"value": value, "ci": [lo, hi], "source": "x"}
 
 
-def _results(groups: dict[str, dict[str, tuple]], reading: dict[str, str]) -> dict:
+def _results(groups: dict[str, dict[str, tuple]], reading: dict[str, tuple[str, ...]]) -> dict:
+    """`reading`: per group, the corpora where its (added-back) CI is above zero."""
     corpora = {}
     for c, gaze_gain in (("tight", 1.0), ("wide", 0.1)):
         corpora[c] = {
@@ -199,7 +203,10 @@ def _results(groups: dict[str, dict[str, tuple]], reading: dict[str, str]) -> di
         return {**_block(*v), "zeroed_by_default": False}
 
     att = {c: {"groups": {g: group(g, v) for g, v in gs.items()}} for c, gs in groups.items()}
-    return {"corpora": corpora, "attribution": {"corpora": att, "reading": reading}}
+    readings = {
+        g: read_group({c: c in where for c in corpora}, g == "head_trans").to_json() for g, where in reading.items()
+    }
+    return {"corpora": corpora, "attribution": {"corpora": att, "reading": readings}}
 
 
 def test_planted_expectations_classify_groups():
@@ -220,11 +227,7 @@ def test_recovery_checks_agree_only_with_what_was_planted():
             "head_trans": (-0.003, -0.005, -0.001),
         },
     }
-    reading = {
-        "eye_gaze": "robust",
-        "head_rot": "robust",
-        "head_trans": "zeroed by default; adding it back does not help",
-    }
+    reading = {"eye_gaze": ("tight", "wide"), "head_rot": ("tight", "wide"), "head_trans": ()}
     checks = recovery_checks(_results(found, reading))
     assert all(c["ok"] for c in checks), [c for c in checks if not c["ok"]]  # doing better without noise is fine
     assert "attribution: eye_gaze matters less where it is seen worse" in [c["claim"] for c in checks]
@@ -244,5 +247,5 @@ def test_demo_seed_sets_every_seed_of_the_shipped_study():
     moved = reseed(cfg, 5)
     assert moved.seed == 5 and all(c.synth.seed == 5 for c in moved.corpora)
     assert moved.attribution.seeds == tuple(range(5, 5 + k))
-    assert moved.vanilla.overrides[-2:] == ("seed=5", "data.seed=5")
+    assert moved.vanilla.seed == moved.vanilla.data.seed == 5 and moved.aux == cfg.aux
     assert reseed(cfg, 0).attribution.seeds == cfg.attribution.seeds  # the shipped config is the demo's seed 0

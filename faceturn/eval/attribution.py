@@ -17,15 +17,15 @@ every other channel, so AUC drops although the group carries no information. The
 models with each encoder of `posthoc_norms` (and their `with-<group>` variants), and retrains the groups of
 `retrain_check_groups` with them, so the report shows the artifact next to the retrained truth.
 
-`plan` writes `plan.json` and `plan.txt` (one shell command per run, runnable from the study folder by a cluster job
-array as well as by `run`); `run` executes it locally N at a time, skipping finished runs and resuming interrupted
-ones from their last checkpoint; `collect` writes `results.json` and `results.md`.
+`plan` writes one train config (JSON) per run, `plan.json` (every run's argv lists and declared outputs) and
+`plan.txt` (the same, one shell-quoted line per run, runnable from the study folder by a cluster job array); `run`
+executes the plan locally N at a time, skipping finished runs and resuming interrupted ones from their last
+checkpoint; `collect` writes `results.json` and `results.md`.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,9 +33,26 @@ from typing import Any
 
 import numpy as np
 
-from faceturn.schema import GROUP_NAMES
+from faceturn.config import from_dict, save_json, to_dict
+from faceturn.errors import FaceturnError
+from faceturn.eval.predict import Predictions
+from faceturn.io import atomic_write_json, atomic_write_text
+from faceturn.jobs import Job, run_jobs
+from faceturn.recipe import TrainConfig
+from faceturn.results import (
+    Estimate,
+    GroupReading,
+    Reading,
+    format_estimate,
+    format_reading,
+    groups_reading,
+    read_group,
+    robust_groups,
+)
+from faceturn.schema import GROUP_NAMES, group_indices
+from faceturn.stats import paired_delta_over_seeds
 
-PLAN_FORMAT = "faceturn-attribution-plan/2"
+PLAN_FORMAT = "faceturn-attribution-plan/3"
 PRED_NAME = "pred-{split}.npz"  # inside each run folder; post-hoc files add `.posthoc-GROUP`
 
 
@@ -52,8 +69,6 @@ class AttributionConfig:
     jobs: int = 2  # runs at a time for `attribute run` (each gets cores / jobs threads)
 
     def __post_init__(self) -> None:
-        from faceturn.schema import group_indices
-
         if not self.groups:
             raise ValueError("attribution.groups is empty; name at least one face group")
         group_indices(self.groups)
@@ -81,7 +96,7 @@ class PlannedRun:
     face_norm: str
     zero_groups: tuple[str, ...]
     posthoc_groups: tuple[str, ...]  # groups zeroed post hoc on this (full) model, one prediction file each
-    command: str
+    steps: tuple[tuple[str, ...], ...]  # argv lists, run from the study folder
     outputs: tuple[str, ...] = field(default_factory=tuple)  # relative to the study folder
 
 
@@ -113,34 +128,34 @@ def _variants(
     return out
 
 
-def plan_runs(study: Any, out_dir: Path, corpora: dict[str, Path]) -> list[PlannedRun]:
-    """Write one train config per run under `configs/`, and `plan.json` + `plan.txt` into `out_dir`.
+def plan_runs(
+    aux: TrainConfig,
+    cfg: AttributionConfig,
+    split: str,
+    out_dir: Path,
+    corpora: dict[str, Path],
+    study: dict[str, Any] | None = None,
+) -> list[PlannedRun]:
+    """Write one train config per run under `configs/` (JSON), and `plan.json` + `plan.txt` into `out_dir`.
 
-    `study` is a `faceturn.study.StudyConfig`; `corpora` maps each corpus name to its folder. Re-planning with the
-    same study gives the same files; a different study in a folder that has one is refused (its runs would mix).
+    Every run is `aux` with its seed, zero set and face encoder set through `dataclasses.replace`; `corpora` maps
+    each corpus name to its folder; `study` (the whole study config, as JSON) is recorded for `collect`. Re-planning
+    the same study gives the same files; a different one in a folder that has a plan is refused (its runs would mix).
     """
-    from faceturn.config import save_json, to_dict
-    from faceturn.io import atomic_write_json, atomic_write_text
-    from faceturn.train import load_train_config, resolve_model_config
-
-    cfg: AttributionConfig = study.attribution
-    base = load_train_config(study.aux.config, study.aux.overrides)
-    model_cfg = resolve_model_config(base)
-    main_norm, default_zero = model_cfg.face_norm, tuple(model_cfg.zero_groups)
-    keep_model = [o for o in base.model.overrides if o.split("=", 1)[0].strip() not in ("zero_groups", "face_norm")]
+    main_norm, default_zero = aux.model.face_norm, tuple(aux.model.zero_groups)
     out_dir = Path(out_dir)
     plan_path = out_dir / "plan.json"
-    fingerprint = {"aux": to_dict(study.aux), "attribution": to_dict(cfg), "split": study.split,
+    fingerprint = {"aux": to_dict(aux), "attribution": to_dict(cfg), "split": split,
                    "corpora": {k: str(Path(v).resolve()) for k, v in corpora.items()}}  # fmt: skip
     if plan_path.exists():
         old = json.loads(plan_path.read_text())
         if old.get("format") != PLAN_FORMAT:
-            raise ValueError(
+            raise FaceturnError(
                 f"{plan_path}: a plan of format {old.get('format')!r} (an older faceturn); its runs differ from this "
                 f"version's ({PLAN_FORMAT}), so use a new --out folder"
             )
         if old.get("fingerprint") != fingerprint:
-            raise ValueError(
+            raise FaceturnError(
                 f"{plan_path}: this folder holds a plan for a different study configuration; use a new --out folder"
             )
     runs: list[PlannedRun] = []
@@ -149,45 +164,46 @@ def plan_runs(study: Any, out_dir: Path, corpora: dict[str, Path]) -> list[Plann
         for seed_index, seed in enumerate(cfg.seeds):
             for variant, norm, zero, posthoc in _variants(cfg, main_norm, default_zero, seed_index):
                 run_id = f"{name}/{variant}-s{seed}"
-                model_over = (*keep_model, f"zero_groups={json.dumps(list(zero))}", f'face_norm="{norm}"')
-                train_cfg = replace(base, seed=seed, data=replace(base.data, seed=seed),
-                                    model=replace(base.model, overrides=model_over), progress=False)  # fmt: skip
-                resolve_model_config(train_cfg)  # fail now, not in the middle of the study
+                train_cfg = replace(aux, seed=seed, data=replace(aux.data, seed=seed), progress=False,
+                                    model=replace(aux.model, zero_groups=zero, face_norm=norm))  # fmt: skip
                 cfg_rel = f"configs/{run_id}.json"
                 save_json(train_cfg, out_dir / cfg_rel)
                 run_rel = f"runs/{run_id}"
-                pred_rel = f"{run_rel}/{PRED_NAME.format(split=study.split)}"
-                q = shlex.quote
+                pred_rel = f"{run_rel}/{PRED_NAME.format(split=split)}"
                 # only the study's step-3 model (full, first seed) needs P(yield) with the face zeroed and validation
                 # predictions (event thresholds); the others skip both
                 step3 = variant == "full" and seed_index == 0
-                cmd = (
-                    f"faceturn train --config {q(cfg_rel)} --corpus {q(corpus_path)} --out {q(run_rel)} --resume"
-                    f" && faceturn predict --run {q(run_rel)} --corpus {q(corpus_path)} --split {q(study.split)}"
-                    f" --out {q(pred_rel)}"
-                    + (f" --posthoc-each {','.join(posthoc)}" if posthoc else "")
-                    + ("" if step3 else " --no-zeroed")
-                )
+                predict = ("faceturn", "predict", "--run", run_rel, "--corpus", corpus_path)
+                steps = [
+                    ("faceturn", "train", "--config", cfg_rel, "--corpus", corpus_path, "--out", run_rel, "--resume"),
+                    (*predict, "--split", split, "--out", pred_rel,
+                     *(("--posthoc-each", ",".join(posthoc)) if posthoc else ()), *(() if step3 else ("--no-zeroed",))),
+                ]  # fmt: skip
                 outputs = (pred_rel, *(posthoc_path(pred_rel, g) for g in posthoc))
                 if step3:
                     val_rel = f"{run_rel}/{PRED_NAME.format(split='val')}"
-                    cmd += (f" && faceturn predict --run {q(run_rel)} --corpus {q(corpus_path)} --split val"
-                            f" --out {q(val_rel)}")  # fmt: skip
+                    steps.append((*predict, "--split", "val", "--out", val_rel))
                     outputs += (val_rel,)
-                runs.append(PlannedRun(run_id, name, corpus_path, variant, seed, norm, zero, posthoc, cmd, outputs))
+                runs.append(PlannedRun(run_id, name, corpus_path, variant, seed, norm, zero, posthoc, tuple(steps),
+                                       outputs))  # fmt: skip
     atomic_write_json(
         plan_path,
         {"format": PLAN_FORMAT, "fingerprint": fingerprint, "main_norm": main_norm,
-         "default_zero_groups": list(default_zero), "split": study.split,
-         "study": to_dict(study), "runs": [to_dict(r) for r in runs]},
+         "default_zero_groups": list(default_zero), "split": split,
+         "study": study if study is not None else fingerprint, "runs": [to_dict(r) for r in runs]},
     )  # fmt: skip
     header = [
         "# faceturn attribution plan: one run per line; run each from this folder (e.g. a job array:",
         '#   cd STUDY && sed -n "$((SLURM_ARRAY_TASK_ID + 4))p" plan.txt | bash). `faceturn attribute run` runs',
         "#   them here. Every command resumes a partial run and is a no-op once its outputs exist.",
     ]
-    atomic_write_text(out_dir / "plan.txt", "\n".join([*header, *(r.command for r in runs)]) + "\n")
+    jobs = _jobs(out_dir, runs)
+    atomic_write_text(out_dir / "plan.txt", "\n".join([*header, *(j.shell() for j in jobs)]) + "\n")
     return runs
+
+
+def _jobs(study_dir: Path, runs: Sequence[PlannedRun]) -> list[Job]:
+    return [Job(r.id, r.steps, Path(study_dir), tuple(Path(o) for o in r.outputs)) for r in runs]
 
 
 def posthoc_path(pred_rel: str, group: str) -> str:
@@ -196,14 +212,12 @@ def posthoc_path(pred_rel: str, group: str) -> str:
 
 
 def load_plan(study_dir: Path) -> tuple[dict[str, Any], list[PlannedRun]]:
-    from faceturn.config import from_dict
-
     path = Path(study_dir) / "plan.json"
     if not path.is_file():
-        raise ValueError(f"{path}: no attribution plan here; run `faceturn attribute plan` first")
+        raise FaceturnError(f"{path}: no attribution plan here; run `faceturn attribute plan` first")
     data = json.loads(path.read_text())
     if data.get("format") != PLAN_FORMAT:
-        raise ValueError(f"{path}: format {data.get('format')!r}, expected {PLAN_FORMAT!r}")
+        raise FaceturnError(f"{path}: format {data.get('format')!r}, expected {PLAN_FORMAT!r}; use a new --out folder")
     return data, [from_dict(PlannedRun, r) for r in data["runs"]]
 
 
@@ -212,19 +226,15 @@ def is_done(study_dir: Path, run: PlannedRun) -> bool:
     return all((Path(study_dir) / o).is_file() for o in run.outputs)
 
 
-def plan_jobs(study_dir: Path) -> list[Any]:
+def plan_jobs(study_dir: Path) -> list[Job]:
     """The plan's runs as `faceturn.jobs.Job`s (run from the study folder, logs under logs/)."""
-    from faceturn.jobs import Job
-
     _, runs = load_plan(study_dir)
-    return [Job(r.id, r.command, Path(study_dir), tuple(Path(o) for o in r.outputs)) for r in runs]
+    return _jobs(study_dir, runs)
 
 
 def run_plan(study_dir: Path, jobs: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Execute every unfinished run of the plan, `jobs` at a time; logs go to logs/<run>.log. Interrupting is safe:
     finished runs are skipped next time and interrupted ones resume from their newest complete checkpoint."""
-    from faceturn.jobs import run_jobs
-
     data, _ = load_plan(study_dir)
     n = jobs or data["study"]["attribution"]["jobs"]
     return run_jobs(plan_jobs(study_dir), n, Path(study_dir) / "logs", progress=progress, desc="attribution runs")
@@ -236,14 +246,13 @@ def _scored(pred: Any, reference: Any, what: str) -> None:
     for k in ("conversation", "perspective", "frame", "y", "m"):
         a, b = getattr(pred, k), getattr(reference, k)
         if a.shape != b.shape or not np.array_equal(a, b):
-            raise ValueError(f"{what}: predictions are not over the same frames as the full model ({k} differs)")
+            raise FaceturnError(f"{what}: predictions are not over the same frames as the full model ({k} differs)")
     if pred.meta["conversations"] != reference.meta["conversations"]:
-        raise ValueError(f"{what}: predictions cover different conversations than the full model")
+        raise FaceturnError(f"{what}: predictions cover different conversations than the full model")
 
 
 def _delta(reference: list[Any], other: list[Any], n_resamples: int, seed: int) -> dict[str, Any]:
     """ΔAUC(reference − other) on scored frames, seeds paired (seed i with seed i), CI over conversations."""
-    from faceturn.eval.stats import paired_delta_over_seeds
 
     m = reference[0].m
     return paired_delta_over_seeds(
@@ -256,15 +265,8 @@ def _delta(reference: list[Any], other: list[Any], n_resamples: int, seed: int) 
     )
 
 
-def _excludes_zero(block: dict[str, Any]) -> bool:
-    lo, hi = block["delta_ci"]
-    return lo > 0 or hi < 0
-
-
 def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = None) -> dict[str, Any]:
     """Per corpus: ΔAUC per group (retrained), audio-only, post-hoc (invalid) per encoder; cross-corpus reading."""
-    from faceturn.eval.predict import Predictions
-
     study_dir = Path(study_dir)
     data, runs = load_plan(study_dir)
     study = data["study"]
@@ -272,7 +274,9 @@ def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = 
     seed = study["seed"] if seed is None else seed
     missing = [r.id for r in runs if not is_done(study_dir, r)]
     if missing:
-        raise ValueError(f"{study_dir}: {len(missing)} runs are not finished ({missing[:4]}...); `attribute run` first")
+        raise FaceturnError(
+            f"{study_dir}: {len(missing)} runs are not finished ({missing[:4]}...); `attribute run` first"
+        )
     att = study["attribution"]
     main_norm, split = data["main_norm"], data["split"]
     seeds = att["seeds"]
@@ -298,7 +302,7 @@ def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = 
         for p in out:
             _scored(p, reference, f"{corpus} {variant}")
             if sorted(p.meta["zero_groups"]) != sorted(expected) or not p.meta["valid"]:
-                raise ValueError(f"{corpus} {variant}: checkpoint zero_groups {p.meta['zero_groups']}, expected "
+                raise FaceturnError(f"{corpus} {variant}: checkpoint zero_groups {p.meta['zero_groups']}, expected "
                                  f"{sorted(expected)}")  # fmt: skip
         return out
 
@@ -361,16 +365,14 @@ def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = 
         "summary": summary,
         "study": study,
     }
-    from faceturn.io import atomic_write_json, atomic_write_text
-
     atomic_write_json(study_dir / "results.json", results)
     atomic_write_text(study_dir / "results.md", format_attribution(results) + "\n")
     return results
 
 
 def _cross_corpus(per_corpus: dict[str, Any], groups: Sequence[str]) -> dict[str, Any]:
-    """Rank groups per corpus; robust = CI above zero on every corpus; corpus-dependent = on some, not all. A group
-    zeroed by default is read from its added-back model: does putting it back help anywhere?"""
+    """Rank groups per corpus, and read each group across corpora (`faceturn.results.read_group`: robust = CI above
+    zero on every corpus). A group zeroed by default is read from its added-back model."""
     ranks = {
         c: [g for g, _ in sorted(b["groups"].items(), key=lambda kv: -kv[1]["delta"])] for c, b in per_corpus.items()
     }
@@ -378,24 +380,16 @@ def _cross_corpus(per_corpus: dict[str, Any], groups: Sequence[str]) -> dict[str
     for g in groups:
         default = any(b["groups"][g]["zeroed_by_default"] for b in per_corpus.values())
         blocks = {c: b["groups"][g]["added_back"] if default else b["groups"][g] for c, b in per_corpus.items()}
-        sig = {c: _excludes_zero(x) and x["delta"] > 0 for c, x in blocks.items()}
-        where = ", ".join(c for c, v in sig.items() if v)
-        if default:
-            reading[g] = f"zeroed by default; adding it back helps on {where}" if where else (
-                "zeroed by default; adding it back does not help")  # fmt: skip
-        elif all(sig.values()):
-            reading[g] = "robust"
-        elif where:
-            reading[g] = f"corpus-dependent (used on {where} only)"
-        else:
-            reading[g] = "no detectable effect"
+        reading[g] = read_group({c: _as_estimate(x).above_zero for c, x in blocks.items()}, default).to_json()
     return {"ranking": ranks, "reading": reading}
 
 
+def _as_estimate(block: dict[str, Any]) -> Estimate:
+    return Estimate(block["delta"], tuple(block["delta_ci"]))
+
+
 def _ci(block: dict[str, Any]) -> str:
-    lo, hi = block["delta_ci"]
-    sd = f", seed SD {block['seed_sd']:.3f}" if block.get("seed_sd") is not None else ""
-    return f"{block['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]{sd}"
+    return format_estimate(_as_estimate(block), signed=True, seed_sd=block.get("seed_sd"))
 
 
 def group_cell(block: dict[str, Any]) -> str:
@@ -409,7 +403,7 @@ def format_attribution(res: dict[str, Any], part: str = "all") -> str:
     """Markdown: the group × corpus table with a reading column (`part` "retrain"), then the labelled-invalid
     post-hoc tables (`part` "posthoc"); "all" gives both."""
     if part not in ("all", "retrain", "posthoc"):
-        raise ValueError(f"part must be all, retrain or posthoc, got {part!r}")
+        raise FaceturnError(f"part must be all, retrain or posthoc, got {part!r}")
     corpora = list(res["corpora"])
     groups = list(res["summary"]["reading"])
     default = res.get("default_zero_groups", [])
@@ -437,7 +431,8 @@ def format_attribution(res: dict[str, Any], part: str = "all") -> str:
     ]
     for g in groups:
         cells = [group_cell(res["corpora"][c]["groups"][g]) for c in corpora]
-        lines.append(f"| {g} | " + " | ".join(cells) + f" | {res['summary']['reading'][g]} |")
+        reading = format_reading(GroupReading.from_json(res["summary"]["reading"][g]))
+        lines.append(f"| {g} | " + " | ".join(cells) + f" | {reading} |")
     if all("audio_only" in res["corpora"][c] for c in corpora):
         cells = [_ci(res["corpora"][c]["audio_only"]) for c in corpora]
         lines.append("| whole face (audio-only model) | " + " | ".join(cells) + " | |")
@@ -478,17 +473,16 @@ def format_attribution(res: dict[str, Any], part: str = "all") -> str:
 
 
 def _verdict_sentences(res: dict[str, Any]) -> str:
-    reading = res["summary"]["reading"]
-    robust = [g for g, r in reading.items() if r == "robust"]
-    dependent = [g for g, r in reading.items() if r.startswith("corpus-dependent")]
-    none = [g for g, r in reading.items() if r == "no detectable effect"]
-    default = {g: r for g, r in reading.items() if r.startswith("zeroed by default")}
+    readings = {g: GroupReading.from_json(r) for g, r in res["summary"]["reading"].items()}
+    default = groups_reading(readings, Reading.DEFAULT_HELPS, Reading.DEFAULT_NO_HELP)
     top = "; ".join(f"on {c} the largest ΔAUC is {r[0]}" for c, r in res["summary"]["ranking"].items())
     return (
-        f"Reading: {top}. Robust across corpora (CI above zero on every corpus): {', '.join(robust) or 'none'}. "
-        f"Corpus-dependent: {', '.join(dependent) or 'none'}. No detectable effect on any corpus: "
-        f"{', '.join(none) or 'none'}."
+        f"Reading: {top}. Robust across corpora (CI above zero on every corpus): "
+        f"{', '.join(robust_groups(readings)) or 'none'}. Corpus-dependent: "
+        f"{', '.join(groups_reading(readings, Reading.CORPUS_DEPENDENT)) or 'none'}. No detectable effect on any "
+        f"corpus: {', '.join(groups_reading(readings, Reading.NO_EFFECT)) or 'none'}."
         + "".join(
-            f" {g}: {r.removeprefix('zeroed by default; ')} (it is zeroed by default)." for g, r in default.items()
+            f" {g}: {format_reading(readings[g]).removeprefix('zeroed by default; ')} (it is zeroed by default)."
+            for g in default
         )
     )
