@@ -19,7 +19,7 @@ EXTRAS="${FACETURN_EXTRAS:-dev,viz,prep}"
 "${PIP[@]}" install -e ".[$EXTRAS]"
 if [[ ",$EXTRAS," == *,dev,* ]] && ! .venv/bin/python -c "import moshi" 2>/dev/null; then
     # kyutai's implementation, for the parity tests only; its pins (torch<2.10) would pull gigabytes, its imports are
-    # in the dev extras (reference: shared/reference/moshi.md §4)
+    # in the dev extras (einops; torch is already here)
     "${PIP[@]}" install --no-deps moshi==0.2.13
 fi
 echo "setup: ready ($(.venv/bin/python -c 'import torch, faceturn; print(f"faceturn {faceturn.__version__}, torch {torch.__version__}")'))" >&2
