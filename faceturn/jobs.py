@@ -28,7 +28,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from faceturn.errors import JobError
@@ -57,7 +56,11 @@ def _console_script(program: str) -> Any | None:
 
 
 def _init_worker(threads: int) -> None:
+    """Runs first in a fresh worker: the thread counts must be set before numpy's BLAS and torch load, so torch (and
+    numpy with it) is imported here, not at the top of this module, which the worker imports before this runs."""
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch  # noqa: PLC0415
+
     torch.set_num_threads(threads)
 
 
