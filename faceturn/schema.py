@@ -87,6 +87,8 @@ def validate_channel_names(names: Sequence[str], source: str = "face data") -> N
     names = list(names)
     if names == list(FACE_CHANNELS):
         return
+    if not all(isinstance(n, str) for n in names):
+        raise SchemaError(f"{source}: channel names must be strings, got {names[:5]!r}")
     unknown = [n for n in names if n not in CHANNEL_INDEX]
     missing = [n for n in FACE_CHANNELS if n not in names]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -106,8 +108,80 @@ def validate_channel_names(names: Sequence[str], source: str = "face data") -> N
     raise SchemaError(f"{source}: {'; '.join(parts)}")
 
 
-def validate_face(face: np.ndarray, names: Sequence[str] | None = None, source: str = "face data") -> None:
-    """Check a [..., 61] face array: channel names (if given), last dimension, finiteness."""
+# Physical value ranges of the A61 groups, checked by `face_value_problems` (the store's value scan uses it). The
+# tolerance absorbs float16 storage (spacing 2^-11 near 1, ~0.002 near pi).
+VALUE_TOLERANCE = 1e-3
+BLENDSHAPE_RANGE = (0.0, 1.0)
+HEAD_ROTATION_MAX_RAD = math.pi  # |pitch|, |yaw|, |roll|
+HEAD_TRANSLATION_MAX_CM = 500.0  # |tx|, |ty|, |tz|: a face 5 m from the camera is not tracked
+GAZE_NORM_TOLERANCE = 1e-2  # | |gaze| - 1 |; a gaze of exactly (0, 0, 0) means no face (face_present 0)
+
+_ROT = [CHANNEL_INDEX[n] for n in HEAD_ROTATION]
+_TRANS = [CHANNEL_INDEX[n] for n in HEAD_TRANSLATION]
+_GAZE = [CHANNEL_INDEX[n] for n in GAZE]
+
+
+def _where(index: Sequence[int], ndim: int) -> str:
+    """A frame position in a [..., 61] array: [T, 61] -> "frame k"; [P, T, 61] -> "[participant, frame] [p, k]"."""
+    ix = [int(i) for i in index]
+    if ndim == 2:
+        return f"frame {ix[0]}"
+    if ndim == 3:
+        return f"[participant, frame] {ix}"
+    return f"index {tuple(ix)}"
+
+
+def face_value_problems(face: np.ndarray, present: np.ndarray | None = None) -> list[str]:
+    """Values outside the A61 ranges, one message per kind, each naming the channel and the first offending frame:
+    blendshapes in [0, 1], head rotation |angle| <= pi, head translation |t| <= 500 cm (each +- VALUE_TOLERANCE),
+    gaze a unit vector (norm within GAZE_NORM_TOLERANCE) or (0, 0, 0) where the face is absent. `present` (the face
+    array's shape without the channel axis) says where faces are absent; without it an all-zero gaze is accepted
+    anywhere. Expects a finite [..., 61] array (see validate_face)."""
+    arr = np.asarray(face, dtype=np.float32)
+    lead = arr.shape[:-1]
+    out = []
+
+    def report(bad: np.ndarray, what: str, channels: Sequence[int]) -> None:  # bad: [..., len(channels)]
+        if bad.any():
+            first = np.argwhere(bad)[0]
+            ch = channels[int(first[-1])]
+            value = float(arr[(*first[:-1], ch)])
+            out.append(f"{int(bad.sum())} {what} (first at {_where(first[:-1], arr.ndim)}, channel "
+                       f"{FACE_CHANNELS[ch]!r}: {value:g})")  # fmt: skip
+
+    lo, hi = BLENDSHAPE_RANGE
+    bs = arr[..., :52]
+    report((bs < lo - VALUE_TOLERANCE) | (bs > hi + VALUE_TOLERANCE), f"blendshape values outside [{lo:g}, {hi:g}]",
+           range(52))  # fmt: skip
+    rot_bound = HEAD_ROTATION_MAX_RAD + VALUE_TOLERANCE
+    report(np.abs(arr[..., _ROT]) > rot_bound, "head rotation values outside [-pi, pi] rad", _ROT)
+    trans_bound = HEAD_TRANSLATION_MAX_CM + VALUE_TOLERANCE
+    report(np.abs(arr[..., _TRANS]) > trans_bound, f"head translation values beyond +-{HEAD_TRANSLATION_MAX_CM:g} cm",
+           _TRANS)  # fmt: skip
+    gaze = arr[..., _GAZE].astype(np.float64)
+    norm = np.sqrt((gaze**2).sum(-1))
+    absent = (gaze == 0).all(-1)
+    if present is not None:
+        absent &= np.asarray(present).reshape(lead) == 0
+    bad = ~absent & (np.abs(norm - 1.0) > GAZE_NORM_TOLERANCE)
+    if bad.any():
+        first = tuple(np.argwhere(bad)[0])
+        note = ", where the face is present" if norm[first] == 0 else ""
+        out.append(f"{int(bad.sum())} gaze vectors not of unit length (first at {_where(first, arr.ndim)}, channels "
+                   f"'gaze_x', 'gaze_y', 'gaze_z': norm {norm[first]:g}{note})")  # fmt: skip
+    return out
+
+
+def validate_face(
+    face: np.ndarray,
+    names: Sequence[str] | None = None,
+    source: str = "face data",
+    *,
+    values: bool = True,
+    present: np.ndarray | None = None,
+) -> None:
+    """Check a [..., 61] face array: channel names (if given), last dimension, finiteness and, with `values`, the
+    A61 value ranges (face_value_problems; `present` marks where faces are absent)."""
     if names is not None:
         validate_channel_names(names, source)
     arr = np.asarray(face)
@@ -121,6 +195,9 @@ def validate_face(face: np.ndarray, names: Sequence[str] | None = None, source: 
             f"{source}: {int((~finite).sum())} non-finite face values (first at index {tuple(int(i) for i in bad)}, "
             f"channel {ch!r})"
         )
+    problems = face_value_problems(arr, present) if values else []
+    if problems:
+        raise SchemaError(f"{source}: {'; '.join(problems)}")
 
 
 def from_mediapipe_blendshapes(scores: Mapping[str, float], source: str = "MediaPipe result") -> np.ndarray:

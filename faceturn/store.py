@@ -12,6 +12,7 @@ its string→string metadata map in hash order, so several keys would make ident
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -44,11 +45,15 @@ from faceturn.timebase import FRAME_RATE
 MANIFEST = "manifest.jsonl"
 SUFFIX = ".safetensors"
 HEADER_KEY = "faceturn"  # the one safetensors metadata key; its value is the JSON of Conversation.meta
+CHECKSUM_KEY = "checksum"  # header key: sha256 of the other header metadata and every tensor (see content_checksum)
+SPLIT_NAMES = ("train", "val", "test")  # the only split names faceturn writes (prepare maps official splits to these)
 DEFAULT_SPLITS: Mapping[str, float] = MappingProxyType({"train": 0.8, "val": 0.1, "test": 0.1})
 STALE_TMP_S = 600.0  # finalize() removes temporary files untouched this long (a writer writes one in well under 1 s)
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+_MAX_TENSOR_ELEMENTS = 2**48  # far beyond any conversation; keeps a corrupted shape within what numpy can represent
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
-_RESERVED_META = ("schema_version", "face_channels", "frame_rate", "corpus", "framing", "extraction", "entry")
+_RESERVED_META = ("schema_version", "face_channels", "frame_rate", "corpus", "framing", "extraction", "entry",
+                  CHECKSUM_KEY)  # fmt: skip
 
 # safetensors dtype tag -> numpy dtype (safetensors is little-endian)
 _ST_DTYPES: dict[str, np.dtype] = {
@@ -133,11 +138,11 @@ class Conversation:
             ix = _first_index(bad)
             where = f"first at [participant, frame] {list(ix)}: {va[ix]}"
             out.append(f"{int(bad.sum())} va values outside [0, 1] ({where})")
+        fp = np.asarray(self.face_present)
         try:
-            validate_face(self.face, source="tensor 'face'")
+            validate_face(self.face, source="tensor 'face'", present=fp)
         except SchemaError as e:
             out.append(str(e))
-        fp = np.asarray(self.face_present)
         if (fp > 1).any():
             ix = _first_index(fp > 1)
             out.append(f"face_present values other than 0/1 (first at [participant, frame] {list(ix)}: {int(fp[ix])})")
@@ -198,6 +203,9 @@ class ManifestEntry:
             raise _error(source, f"manifest field 'participants' must be {N_PARTICIPANTS} strings, got {parts!r}")
         if data["n_frames"] < 0:
             raise _error(source, f"manifest field 'n_frames' is negative ({data['n_frames']})")
+        if data["split"] not in ("", *SPLIT_NAMES):
+            raise _error(source, f"manifest field 'split' is {data['split']!r}, expected one of "
+                                 f"{', '.join(SPLIT_NAMES)} (or \"\" before splits are assigned)")  # fmt: skip
         return cls(**{**data, "participants": list(parts)})
 
 
@@ -251,29 +259,53 @@ def _read_layout(path: Path) -> _Layout:
         raise _error(path, "is a directory, not a safetensors file") from None
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _error(path, f"safetensors header is not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, an integer too long to convert, deep nesting
+        raise _error(path, f"safetensors header is not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(header, dict):
         raise _error(path, "safetensors header is not a JSON object")
     data_start = 8 + n
-    end = 0
+    spans = []
     for name, spec in header.items():
         if name == "__metadata__":
             continue
-        try:
-            tag, shape = spec["dtype"], [int(d) for d in spec["shape"]]
-            start, stop = (int(o) for o in spec["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise _error(path, f"malformed safetensors entry for tensor {name!r}: {spec!r}") from None
+        if not (isinstance(spec, dict) and _is_tensor_spec(spec)):
+            raise _error(path, f"malformed safetensors entry for tensor {name!r}: {spec!r}")
+        tag, shape, (start, stop) = spec["dtype"], spec["shape"], spec["data_offsets"]
         sized = tag not in _ST_DTYPES or stop - start == math.prod(shape) * _ST_DTYPES[tag].itemsize
-        if not (0 <= start <= stop) or not sized:
+        if not (start <= stop) or not sized:
             raise _error(path, f"tensor {name!r}: data offsets {[start, stop]} do not fit shape {shape} {tag}")
-        end = max(end, stop)
+        spans.append((start, stop, name))
+    end = 0
+    for start, stop, name in sorted(spans):  # safetensors packs tensors back to back: no gap, no overlap
+        if start != end:
+            raise _error(path, f"tensor {name!r}: data offsets {[start, stop]} "
+                               f"{'overlap another tensor' if start < end else 'leave a gap'}")  # fmt: skip
+        end = stop
     if data_start + end > size:
         raise _error(path, f"truncated: tensors need {data_start + end} bytes, the file has {size}")
     if data_start + end < size:
         raise _error(path, f"{size - data_start - end} unexpected bytes after the tensor data")
     return _Layout(header, data_start)
+
+
+def _is_tensor_spec(spec: dict) -> bool:
+    """{"dtype": str, "shape": [int >= 0, ...], "data_offsets": [int >= 0, int >= 0]} (bools are not ints), with
+    a shape numpy can represent even where a zero dimension makes it empty."""
+
+    def count(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= _MAX_TENSOR_ELEMENTS
+
+    shape, offsets = spec.get("shape"), spec.get("data_offsets")
+    return (
+        isinstance(spec.get("dtype"), str)
+        and isinstance(shape, list)
+        and len(shape) <= 8
+        and all(count(d) for d in shape)
+        and math.prod(max(d, 1) for d in shape) <= _MAX_TENSOR_ELEMENTS
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+    )
 
 
 def _decode_meta(path: Path, layout: _Layout) -> dict:
@@ -282,11 +314,17 @@ def _decode_meta(path: Path, layout: _Layout) -> dict:
         raise _error(path, f"no faceturn metadata in the header (safetensors __metadata__ lacks {HEADER_KEY!r})")
     try:
         meta = json.loads(md[HEADER_KEY])
-    except (TypeError, json.JSONDecodeError) as e:
-        raise _error(path, f"faceturn header metadata is not valid JSON ({e})") from None
+    except (TypeError, ValueError, RecursionError) as e:
+        raise _error(path, f"faceturn header metadata is not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(meta, dict):
         raise _error(path, "faceturn header metadata is not a JSON object")
     return meta
+
+
+def header_metadata(path: str | Path) -> dict:
+    """A conversation file's faceturn header metadata (decoded JSON), without reading its tensors."""
+    path = Path(path)
+    return _decode_meta(path, _read_layout(path))
 
 
 def _meta_problems(meta: dict) -> list[str]:
@@ -336,9 +374,50 @@ def _map_tensors(path: Path, layout: _Layout) -> dict[str, np.ndarray]:
     return out
 
 
+def content_checksum(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], source: str = "conversation") -> str:
+    """The content checksum, "sha256:<hex>", of the header metadata (canonical JSON, without the checksum itself)
+    and of every tensor's name, dtype, shape and little-endian bytes, in TENSOR_DTYPES order: any change to a stored
+    value or to the metadata after writing changes it."""
+    h = hashlib.sha256(_canonical_json({k: v for k, v in meta.items() if k != CHECKSUM_KEY}, source).encode())
+    for name in TENSOR_DTYPES:
+        arr = np.asarray(arrays[name])
+        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        h.update(f"\0{name}\0{arr.dtype.str}\0{list(arr.shape)}\0".encode())
+        h.update(memoryview(arr.reshape(-1)).cast("B"))
+    return f"sha256:{h.hexdigest()}"
+
+
+def _checksum_problem(path: Path, conv: Conversation) -> str | None:
+    """None when the header's checksum matches the content, or when the file has none (written before checksums)."""
+    if CHECKSUM_KEY not in conv.meta:
+        return None
+    stored = conv.meta[CHECKSUM_KEY]
+    if not isinstance(stored, str):
+        return f"header checksum {stored!r} is not a string"
+    try:
+        actual = content_checksum(conv.meta, conv.arrays(), str(path))
+    except CorpusError as e:
+        return str(e).removeprefix(f"{path}: ")
+    if actual != stored:
+        return "content checksum mismatch: tensor data or header metadata changed after writing (a corrupted file)"
+    return None
+
+
+def _entry_differences(header: ManifestEntry, manifest: ManifestEntry) -> list[str]:
+    """Manifest fields that disagree with the file's own entry. The split may differ where the header has none
+    (finalize assigns splits in the manifest only)."""
+    out = []
+    for f in dataclasses.fields(ManifestEntry):
+        got, want = getattr(manifest, f.name), getattr(header, f.name)
+        if got != want and not (f.name == "split" and want == ""):
+            out.append(f"{f.name} {got!r} (header: {want!r})")
+    return out
+
+
 def read_conversation(path: str | Path, *, validate: bool = True, expect: ManifestEntry | None = None) -> Conversation:
-    """Open one conversation file. Structure (header, schema version, channel names, shapes, dtypes) is always
-    checked; `validate` adds the full value scan (ranges, finiteness). Raises CorpusError naming the file."""
+    """Open one conversation file. Structure (header, schema version, channel names, shapes, dtypes, the header's
+    entry against `expect`) is always checked; `validate` adds the content checksum (files written with one) and the
+    full value scan (ranges, finiteness). Raises CorpusError naming the file."""
     path = Path(path)
     layout = _read_layout(path)
     meta = _decode_meta(path, layout)
@@ -348,9 +427,16 @@ def read_conversation(path: str | Path, *, validate: bool = True, expect: Manife
         entry = _entry_from_meta(path, meta)
         if expect is not None and entry.id != expect.id:
             problems.append(f"header says conversation {entry.id!r}, the manifest says {expect.id!r}")
+        elif expect is not None and (diff := _entry_differences(entry, expect)):
+            problems.append(f"the manifest entry differs from the file's header: {'; '.join(diff)}")
     arrays = _map_tensors(path, layout)
     conv = Conversation(id=entry.id if entry else path.stem, meta=meta, **arrays)
-    problems += conv.problems(values=validate)
+    structure = conv.problems(values=False)
+    problems += structure
+    if validate and not structure:
+        checksum = _checksum_problem(path, conv)
+        problems += [checksum] if checksum else []
+        problems += conv.problems(values=True)
     if expect is not None and not problems and conv.n_frames != expect.n_frames:
         problems.append(f"{conv.n_frames} frames, the manifest says {expect.n_frames}")
     if problems:
@@ -385,54 +471,89 @@ def _components(entries: list[ManifestEntry]) -> list[list[int]]:
     return sorted(comps.values(), key=lambda c: min(entries[i].id for i in c))
 
 
+def split_point(key: str, seed: int = 0) -> float:
+    """Where a component with this key falls in [0, 1): a hash of (seed, key), the same in every corpus."""
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _component_key(entries: list[ManifestEntry], comp: list[int]) -> str:
+    """The unit a split is drawn for: the component's smallest group key, else its smallest participant id, else
+    its conversation id. It does not depend on the rest of the corpus, or on the order of the entries."""
+    groups = sorted(entries[i].group.strip() for i in comp if entries[i].group.strip())
+    if groups:
+        return f"group:{groups[0]}"
+    people = sorted(p.strip() for i in comp for p in entries[i].participants if p.strip())
+    if people:
+        return f"participant:{people[0]}"
+    return f"conversation:{min(entries[i].id for i in comp)}"
+
+
 def assign_splits(
     entries: Iterable[ManifestEntry], fractions: Mapping[str, float] = DEFAULT_SPLITS, seed: int = 0
 ) -> dict[str, str]:
     """Split names by conversation id, disjoint by conversation and, where participant ids allow, by participant.
 
     Conversations sharing a participant or a `group` (connected components) land in one split. Entries that already
-    carry a split keep it and pull their component along. Free components go, largest first (random order among
-    equals, from `seed`), to the split furthest below its share of frames; every split with a positive share gets at
-    least one component when there are enough.
+    carry a split keep it and pull their component along. A free component's split is a function of its key
+    (`_component_key`) and `seed` only: `split_point(key, seed)` against the cumulative fractions (in the order
+    given), so a growing corpus never moves a conversation, whatever the corpus' size or order. Fractions are
+    expected shares of components, not exact ones.
+
+    Small corpora stay usable: when hashing leaves a split empty, the first k splits by decreasing share (train,
+    val, test; k = the number of components) each get one, by moving as few free components as possible, each time
+    the one whose split point lies nearest to the empty split's interval, from a split that keeps a component or
+    that need not have one. Only such a moved component can change split when the corpus grows (back to its own).
     """
     entries = list(entries)
     fractions = dict(fractions)
     if not fractions or any(not math.isfinite(f) or f < 0 for f in fractions.values()) or sum(fractions.values()) <= 0:
         raise ConfigError(f"split fractions must be finite, >= 0 and not all 0, got {fractions}")
+    unknown = [s for s in fractions if s not in SPLIT_NAMES]
+    if unknown:
+        raise ConfigError(f"split names {unknown} are not faceturn's splits ({', '.join(SPLIT_NAMES)})")
     ids = [e.id for e in entries]
     if len(set(ids)) != len(ids):
         raise CorpusError(f"duplicate conversation ids: {sorted(k for k, n in Counter(ids).items() if n > 1)[:5]}")
     names = list(fractions)
-    weight = [max(e.n_frames, 1) for e in entries]
-    total = sum(weight)
-    target = {s: fractions[s] / sum(fractions.values()) * total for s in names}
-    load = dict.fromkeys(names, 0)
-    count = dict.fromkeys(names, 0)
+    total = sum(fractions.values())
+    interval: dict[str, tuple[float, float]] = {}
+    lo = 0.0
+    for s in names:
+        interval[s] = (lo, lo + fractions[s] / total)
+        lo = interval[s][1]
+    positive = [s for s in names if fractions[s] > 0]
     out: dict[str, str] = {}
-    free = []
-    for comp in _components(entries):
+    count: Counter = Counter()  # components per split
+    components = _components(entries)
+    free: list[tuple[str, float, list[int]]] = []  # (key, split point, entry indices)
+    for comp in components:
         pinned = Counter(entries[i].split for i in comp if entries[i].split)
         if not pinned:
-            free.append(comp)
+            key = _component_key(entries, comp)
+            free.append((key, split_point(key, seed), comp))
             continue
         comp_split = sorted(pinned.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
         for i in comp:
-            s = entries[i].split or comp_split
-            out[entries[i].id] = s
-            if s in load:
-                load[s] += weight[i]
-                count[s] += 1
-    rng = np.random.default_rng(seed)
-    free = [free[i] for i in rng.permutation(len(free))]
-    free.sort(key=lambda c: -sum(weight[i] for i in c))  # stable: random among equal sizes
-    for k, comp in enumerate(free):
-        empty = [s for s in names if fractions[s] > 0 and count[s] == 0]
-        pool = empty if empty and len(free) - k <= len(empty) else [s for s in names if fractions[s] > 0]
-        best = max(pool, key=lambda s: (target[s] - load[s], -names.index(s)))
+            out[entries[i].id] = entries[i].split or comp_split
+        count.update({out[entries[i].id] for i in comp})
+    chosen = [next((s for s in positive if u < interval[s][1]), positive[-1]) for _, u, _ in free]
+    count.update(chosen)
+    required = sorted(positive, key=lambda s: (-fractions[s], names.index(s)))[: len(components)]
+    for s in required:
+        if count[s]:
+            continue
+        donors = [j for j, c in enumerate(chosen) if c not in required or count[c] > 1]
+        if not donors:
+            break
+        lo, hi = interval[s]
+        j = min(donors, key=lambda j: (max(lo - free[j][1], free[j][1] - hi, 0.0), free[j][0]))
+        count[chosen[j]] -= 1
+        chosen[j] = s
+        count[s] += 1
+    for (_, _, comp), s in zip(free, chosen, strict=True):
         for i in comp:
-            out[entries[i].id] = best
-            load[best] += weight[i]
-            count[best] += 1
+            out[entries[i].id] = s
     return out
 
 
@@ -504,10 +625,9 @@ class CorpusWriter:
             extraction=self.extraction,
             entry=entry.to_json(),
         )
-        data = save(
-            {k: np.ascontiguousarray(v) for k, v in conv.arrays().items()},
-            metadata={HEADER_KEY: _canonical_json(meta, str(path))},
-        )
+        arrays = {k: np.ascontiguousarray(v) for k, v in conv.arrays().items()}
+        meta[CHECKSUM_KEY] = content_checksum(meta, arrays, str(path))
+        data = save(arrays, metadata={HEADER_KEY: _canonical_json(meta, str(path))})
         for tmp in self._tmp_files(f".{path.name}."):
             tmp.unlink(missing_ok=True)
         if path.exists() and path.stat().st_size == len(data) and path.read_bytes() == data:
@@ -547,30 +667,49 @@ class CorpusWriter:
 
 
 def _read_manifest(root: Path, manifest: Path) -> tuple[list[ManifestEntry], list[CorpusError]]:
-    """Usable entries plus every manifest problem, each naming manifest.jsonl:LINE."""
+    """Usable entries plus every manifest problem, each naming manifest.jsonl:LINE (or the unlisted file)."""
     entries: list[ManifestEntry] = []
     problems: list[CorpusError] = []
     first_line: dict[str, int] = {}
     file_line: dict[str, int] = {}
-    for line_no, line in enumerate(manifest.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+    mentioned: set[str] = set()
+    for line_no, raw in enumerate(manifest.read_bytes().split(b"\n"), start=1):
         where = f"{manifest}:{line_no}"
         try:
-            entry = ManifestEntry.from_json(json.loads(line), source=where)
-        except json.JSONDecodeError as e:
-            problems.append(_error(where, f"not valid JSON ({e})"))
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            problems.append(_error(where, f"not UTF-8 text (byte {e.start} of the line is {raw[e.start]:#04x}); a "
+                                          f"manifest is JSON lines"))  # fmt: skip
             continue
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, an integer too long to convert, deep nesting
+            problems.append(_error(where, f"not valid JSON ({type(e).__name__}: {e})"))
+            continue
+        try:
+            entry = ManifestEntry.from_json(data, source=where)
         except CorpusError as e:
             problems.append(e)
+            if isinstance(data, dict) and isinstance(data.get("file"), str):
+                mentioned.add(data["file"])  # its file is listed, on a bad line: one problem, not two
             continue
         if entry.id in first_line:
             problems.append(_error(where, f"duplicate conversation id {entry.id!r} (first on line "
                                                f"{first_line[entry.id]})"))  # fmt: skip
             continue
         first_line[entry.id] = line_no
+        if not _ID_RE.fullmatch(entry.id):
+            problems.append(_error(where, f"conversation id {entry.id!r} is not a safe file name (letters, digits, "
+                                          f"'._+-', at most 200 characters)"))  # fmt: skip
+            continue
         if not _is_inside(entry.file):
             problems.append(_error(where, f"file {entry.file!r} must be a relative path inside the corpus folder"))
+            continue
+        if entry.file != f"{entry.id}{SUFFIX}":
+            problems.append(_error(where, f"file {entry.file!r} of conversation {entry.id!r} must be "
+                                          f"'{entry.id}{SUFFIX}'"))  # fmt: skip
             continue
         if entry.file in file_line:
             problems.append(_error(where, f"file {entry.file!r} is also listed on line {file_line[entry.file]}"))
@@ -583,6 +722,10 @@ def _read_manifest(root: Path, manifest: Path) -> tuple[list[ManifestEntry], lis
         if not entry.split:
             problems.append(_error(where, f"conversation {entry.id!r} has no split"))
         entries.append(entry)
+    for path in sorted(root.glob(f"*{SUFFIX}")):  # nothing lost: a conversation file the manifest does not list
+        if path.name not in file_line and path.name not in mentioned and path.is_file():
+            problems.append(_error(path, f"conversation file not listed in {manifest} (CorpusWriter.finalize "
+                                         f"rebuilds the manifest from the files)"))  # fmt: skip
     return entries, problems
 
 
@@ -646,3 +789,27 @@ class Corpus:
         for _, _, p in self.scan(validate=True, progress=progress):
             problems += p
         return problems
+
+
+# ------------------------------------------------------------------------------------------------- provenance
+
+
+def fingerprint(root: str | Path) -> str:
+    """The corpus' content fingerprint, "sha256:<hex>" of its manifest.jsonl's bytes. Prediction files and run
+    folders record it (with the corpus path, for messages) so that whatever pairs them with a corpus can refuse
+    another one, or the same folder changed since, whatever path it is read from."""
+    manifest = Path(root) / MANIFEST
+    if not Path(root).is_dir():
+        raise _error(root, "corpus folder not found")
+    try:
+        data = manifest.read_bytes()
+    except FileNotFoundError:
+        raise _error(manifest, "manifest not found (CorpusWriter.finalize writes it)") from None
+    except OSError as e:
+        raise _error(manifest, f"cannot be read ({e.strerror or e})") from None
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def provenance(root: str | Path) -> dict[str, str]:
+    """What a derived file records about the corpus it was made from: {"path": absolute path, "fingerprint": ...}."""
+    return {"path": str(Path(root).resolve()), "fingerprint": fingerprint(root)}

@@ -1,11 +1,13 @@
 """The step-1 probe recovers a cue planted in one face group, and its controls sit at chance."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from faceturn.eval.probe import ProbeConfig, run_probe
+from faceturn.eval.probe import ProbeConfig, format_probe, run_probe
 from faceturn.labels import turn_labels
-from faceturn.schema import CHANNEL_INDEX, N_FACE
+from faceturn.schema import CHANNEL_INDEX, GAZE, HEAD_ROTATION, N_FACE
 from faceturn.store import Conversation, Corpus, CorpusWriter, ManifestEntry
 from faceturn.timebase import voiced_fraction
 
@@ -31,10 +33,13 @@ def planted_corpus(tmp_path_factory):
     for i in range(16):
         va = _alternating_turns(rng, n_frames)
         y = turn_labels(va).y.astype(np.float32)
-        face = rng.normal(0, 0.3, size=(2, n_frames, N_FACE)).astype(np.float32)
+        face = rng.uniform(0.1, 0.5, size=(2, n_frames, N_FACE)).astype(np.float32)  # blendshapes in [0, 1]
+        face[:, :, [CHANNEL_INDEX[c] for c in HEAD_ROTATION]] = rng.normal(0, 0.2, size=(2, n_frames, 3))
         face[:, :, CHANNEL_INDEX["head_tx"]] = rng.normal(0, 30)  # per-clip constant: carries nothing
+        gaze = rng.normal(0, 1, size=(2, n_frames, 3)) + np.array([0.0, 0.0, 3.0])
+        face[:, :, [CHANNEL_INDEX[c] for c in GAZE]] = gaze / np.linalg.norm(gaze, axis=-1, keepdims=True)
         # the planted cue: browInnerUp of both faces rises in the second before a hand-over
-        face[:, :, CHANNEL_INDEX["browInnerUp"]] += 1.0 * y
+        face[:, :, CHANNEL_INDEX["browInnerUp"]] += 0.5 * y
         conv = Conversation(
             id=f"c{i:03d}",
             codes=rng.integers(0, 2048, size=(2, 8, n_frames)).astype(np.int16),
@@ -74,6 +79,19 @@ def test_probe_cli_writes_results(planted_corpus, tmp_path, capsys):
                "--set", "resamples=50"])  # fmt: skip
     assert rc == 0
     assert (tmp_path / "probe.json").exists() and "control:circular_shift" in capsys.readouterr().out
+
+
+def test_a_ci_from_too_few_conversations_carries_a_warning(planted_corpus):
+    """16 conversations are enough for the default minimum (10); under a minimum of 20 every CI is flagged, in the
+    JSON (per block and in `warnings`) and in the printed table."""
+    config = ProbeConfig(resamples=50, stride_frames=8, folds=3)
+    res = run_probe(planted_corpus, config, groups=False, progress=False)
+    assert res["warnings"] == [] and "⚠" not in format_probe(res)
+    res = run_probe(planted_corpus, replace(config, min_conversations=20), groups=False, progress=False)
+    assert res["warnings"] == ["too few conversations for a meaningful CI (16 < 20)"]
+    assert all(r["warning"] == res["warnings"][0] for r in (res["probes"]["all"], *res["controls"].values()))
+    table = format_probe(res)
+    assert table.count(" ⚠ |") == 3 and "⚠ too few conversations for a meaningful CI (16 < 20)" in table
 
 
 def test_probe_rejects_an_empty_split(planted_corpus):

@@ -47,6 +47,62 @@ def test_validate_face_rejects_non_finite_and_wrong_width():
         sc.validate_face(np.zeros((5, 60)))
 
 
+def _valid_faces(n: int = 6) -> np.ndarray:
+    face = np.zeros((2, n, 61), np.float32)
+    face[..., :52] = 0.5
+    face[..., sc.CHANNEL_INDEX["head_tz"]] = -60.0
+    face[..., sc.CHANNEL_INDEX["gaze_z"]] = 1.0
+    return face
+
+
+def test_face_value_ranges_per_group():
+    face = _valid_faces()
+    assert sc.face_value_problems(face) == []
+    sc.validate_face(face.astype(np.float16))
+    for channel, value, pattern in [
+        ("mouthClose", 60000.0, r"2 blendshape values outside \[0, 1\] \(first at \[participant, frame\] \[1, 4\], "
+                                r"channel 'mouthClose': 60000\)"),
+        ("head_pitch", -3.5, r"2 head rotation values outside \[-pi, pi\] rad .*\[1, 4\].*'head_pitch': -3\.5"),
+        ("head_ty", 501.0, r"2 head translation values beyond \+-500 cm .*\[1, 4\].*'head_ty': 501"),
+        ("gaze_x", 1.0, r"1 gaze vectors not of unit length .*\[1, 4\].*norm 1\.41"),
+    ]:  # fmt: skip
+        bad = face.copy()
+        bad[1, 4, sc.CHANNEL_INDEX[channel]] = value
+        bad[1, 5, sc.CHANNEL_INDEX[channel]] = value if channel != "gaze_x" else 0.0  # counted, not named
+        with pytest.raises(sc.SchemaError, match=rf"^x\.safetensors: {pattern}"):
+            sc.validate_face(bad, source="x.safetensors")
+        assert sc.validate_face(bad, values=False) is None  # structure only
+    # one message per kind, all on one line
+    bad = face.copy()
+    bad[0, 2, 0], bad[1, 1, sc.CHANNEL_INDEX["head_roll"]] = 2.0, 7.0
+    problems = sc.face_value_problems(bad)
+    assert len(problems) == 2 and "eyeBlinkLeft" in problems[0] and "head_roll" in problems[1]
+    # a [T, 61] array names the frame alone
+    assert "(first at frame 2, channel 'eyeBlinkLeft': 2)" in sc.face_value_problems(bad[0])[0]
+
+
+def test_face_value_tolerances_and_absent_gaze():
+    face = _valid_faces()
+    face[0, 0, sc.CHANNEL_INDEX["jawOpen"]] = 1 + 0.9 * sc.VALUE_TOLERANCE
+    face[0, 1, sc.CHANNEL_INDEX["head_yaw"]] = -np.pi - 0.9 * sc.VALUE_TOLERANCE
+    face[0, 2, [sc.CHANNEL_INDEX[g] for g in sc.GAZE]] = sc.gaze_vector(0.3, -0.2) * (1 + 0.9 * sc.GAZE_NORM_TOLERANCE)
+    assert sc.face_value_problems(face) == []
+    assert sc.face_value_problems(face.astype(np.float16)) == []
+    face[1, 3] = 0.0  # an absent face: all zeros, gaze included
+    present = np.ones((2, 6), np.uint8)
+    assert sc.face_value_problems(face) == []  # without face_present, a zero gaze may be an absent face
+    assert "where the face is present" in sc.face_value_problems(face, present)[0]
+    present[1, 3] = 0
+    assert sc.face_value_problems(face, present) == []
+
+
+def test_importers_refuse_values_out_of_range():
+    cols = {sc.llf_column(n): np.full(3, 0.2) for n in sc.ARKIT_BLENDSHAPES}
+    cols["HeadYaw"] = np.array([0.1, 0.2, 57.0])  # degrees where radians belong
+    with pytest.raises(sc.SchemaError, match=r"take\.csv: 1 head rotation values .*frame 2, channel 'head_yaw': 57"):
+        sc.from_live_link_columns(cols, source="take.csv")
+
+
 def test_mediapipe_mapping_by_name_drops_neutral_and_zeros_tongue():
     rng = np.random.default_rng(0)
     mp_names = ["_neutral", *sorted(n for n in sc.ARKIT_BLENDSHAPES if n != "tongueOut")]

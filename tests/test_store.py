@@ -10,24 +10,40 @@ import numpy as np
 import pytest
 
 from faceturn import store
-from faceturn.schema import FACE_CHANNELS, FACE_GROUPS
+from faceturn.schema import (
+    CHANNEL_INDEX,
+    FACE_CHANNELS,
+    FACE_GROUPS,
+    GAZE,
+    HEAD_ROTATION,
+    HEAD_TRANSLATION,
+    gaze_vector,
+)
 from faceturn.store import Conversation, Corpus, CorpusError, CorpusWriter, ManifestEntry
 from faceturn.timebase import n_frames_for, voiced_fraction
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def valid_face(rng: np.random.Generator, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random A61 faces within the schema's ranges, zeros where the face is absent: (face, face_present)."""
+    face = np.zeros((2, n_frames, 61), np.float32)
+    face[..., :52] = rng.random((2, n_frames, 52))
+    face[..., [CHANNEL_INDEX[c] for c in HEAD_ROTATION]] = rng.normal(0, 0.3, (2, n_frames, 3))
+    face[..., [CHANNEL_INDEX[c] for c in HEAD_TRANSLATION]] = rng.normal(0, 40, (2, n_frames, 3))
+    face[..., [CHANNEL_INDEX[c] for c in GAZE]] = gaze_vector(*rng.normal(0, 0.3, (2, 2, n_frames)))
+    present = (rng.random((2, n_frames)) < 0.9).astype(np.uint8)
+    face[present == 0] = 0
+    return face.astype(np.float16), present
+
+
 def make_conv(conv_id: str, n_frames: int = 40, seed: int = 0) -> Conversation:
     rng = np.random.default_rng(seed)
-    return Conversation(
-        id=conv_id,
-        codes=rng.integers(0, 2048, (2, 8, n_frames)).astype(np.int16),
-        text=rng.integers(-1, 100, (2, n_frames)).astype(np.int32),
-        va=rng.random((2, n_frames)).astype(np.float16),
-        face=rng.normal(size=(2, n_frames, 61)).astype(np.float16),
-        face_present=(rng.random((2, n_frames)) < 0.9).astype(np.uint8),
-        meta={"note": f"seed {seed}"},
-    )
+    codes = rng.integers(0, 2048, (2, 8, n_frames)).astype(np.int16)
+    text = rng.integers(-1, 100, (2, n_frames)).astype(np.int32)
+    va = rng.random((2, n_frames)).astype(np.float16)
+    face, present = valid_face(rng, n_frames)
+    return Conversation(conv_id, codes, text, va, face, present, meta={"note": f"seed {seed}"})
 
 
 def make_entry(conv: Conversation, participants=("p0", "p1"), group="", split="") -> ManifestEntry:
@@ -57,7 +73,8 @@ def files_of(root: Path) -> dict[str, bytes]:
 
 
 def rewrite(path: Path, **changes) -> None:
-    """Rewrite a corpus file with some tensors or metadata replaced (crafts bad files the writer would refuse)."""
+    """Rewrite a corpus file with some tensors or metadata replaced (crafts bad files the writer would refuse), with a
+    matching content checksum, as a faulty producer would write them: the value checks must catch what it let by."""
     from safetensors import safe_open
     from safetensors.numpy import save
 
@@ -66,6 +83,8 @@ def rewrite(path: Path, **changes) -> None:
         arrays = {k: f.get_tensor(k) for k in f.keys()}
     for k, v in changes.items():
         (arrays if k in arrays else meta)[k] = v
+    if store.CHECKSUM_KEY in meta and set(arrays) == set(store.TENSOR_DTYPES):
+        meta[store.CHECKSUM_KEY] = store.content_checksum(meta, arrays)
     path.write_bytes(save(arrays, metadata={store.HEADER_KEY: json.dumps(meta)}))
 
 
@@ -357,6 +376,127 @@ def test_writer_checks_entry_against_conversation(tmp_path):
         w.write(make_conv("../evil"), make_entry(make_conv("../evil")))
 
 
+# face value ranges (faceturn.schema's bounds), content checksum, garbage manifests, manifest vs headers
+
+
+def _set_face(conv: Conversation, participant: int, frame: int, channels: list[str], values) -> np.ndarray:
+    face = np.array(conv.face)
+    face[participant, frame, [CHANNEL_INDEX[c] for c in channels]] = values
+    return face
+
+
+@pytest.mark.parametrize(
+    ("channels", "values", "pattern"),
+    [
+        (
+            ["jawOpen"],
+            60000,
+            r"1 blendshape values outside \[0, 1\] \(first at \[participant, frame\] \[1, 7\], "
+            r"channel 'jawOpen': 60000\)",
+        ),
+        (["eyeBlinkLeft"], -0.25, r"1 blendshape values outside \[0, 1\] .*\[1, 7\], channel 'eyeBlinkLeft': -0\.25"),
+        (["head_yaw"], 4.0, r"1 head rotation values outside \[-pi, pi\] rad .*\[1, 7\], channel 'head_yaw': 4"),
+        (["head_tz"], -900.0, r"1 head translation values beyond \+-500 cm .*\[1, 7\], channel 'head_tz': -900"),
+        (GAZE, [0.5, 0.0, 0.5], r"1 gaze vectors not of unit length .*\[1, 7\].*'gaze_z': norm 0\.70"),
+        (GAZE, [0.0, 0.0, 0.0], r"1 gaze vectors not of unit length .*\[1, 7\].*norm 0, where the face is present"),
+    ],
+)
+def test_face_values_out_of_range_are_named(tmp_path, capsys, channels, values, pattern):
+    build(tmp_path)
+    conv = store.read_conversation(tmp_path / "c2.safetensors")
+    assert conv.face_present[1, 7] == 1
+    rewrite(tmp_path / "c2.safetensors", face=_set_face(conv, 1, 7, channels, values))
+    assert_fails(tmp_path, "c2.safetensors", rf"tensor 'face': {pattern}", capsys)
+    bad = make_conv("bad", seed=2)
+    bad.face = _set_face(bad, 1, 7, channels, values)
+    with pytest.raises(CorpusError, match=rf"bad\.safetensors: tensor 'face': {pattern}"):
+        CorpusWriter(tmp_path / "w", corpus="toy").write(bad, make_entry(bad))
+
+
+def test_face_values_within_tolerance_and_absent_faces_pass(tmp_path):
+    conv = make_conv("ok")
+    face = np.array(conv.face)
+    face[0, 3, CHANNEL_INDEX["jawOpen"]] = 1.0005  # float16 rounding above 1 stays within the tolerance
+    face[0, 4, CHANNEL_INDEX["head_roll"]] = -np.pi
+    face[0, 5, CHANNEL_INDEX["head_tx"]] = 499.0
+    conv.face, conv.face_present = face, np.array(conv.face_present)
+    conv.face_present[1, 9] = 0
+    conv.face[1, 9] = 0  # an absent face is all zeros, gaze included
+    CorpusWriter(tmp_path, corpus="toy").write(conv, make_entry(conv))
+    assert store.read_conversation(tmp_path / "ok.safetensors").face_present[1, 9] == 0
+
+
+def test_payload_corruption_is_caught_by_the_checksum(tmp_path):
+    """A flipped bit that turns one valid value into another is still caught (validate=True); files written before
+    checksums (no 'checksum' in the header) are read with the value scan only."""
+    from safetensors.numpy import save
+
+    build(tmp_path)
+    path = tmp_path / "c1.safetensors"
+    conv = store.read_conversation(path)
+    assert conv.meta[store.CHECKSUM_KEY] == store.content_checksum(conv.meta, conv.arrays())
+    arrays = {k: np.array(v) for k, v in conv.arrays().items()}  # copies: the file is rewritten below
+    meta = dict(conv.meta)
+    del conv
+    data = bytearray(path.read_bytes())
+    offset = 8 + int.from_bytes(data[:8], "little")
+    start = offset + json.loads(data[8:offset])["va"]["data_offsets"][0]
+    data[start] ^= 0x01  # the lowest mantissa bit of va[0, 0]: still a valid fraction in [0, 1]
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorpusError, match=rf"{path}: content checksum mismatch"):
+        Corpus(tmp_path).load("c1")
+    assert Corpus(tmp_path).load("c1", validate=False).va[0, 0] != arrays["va"][0, 0]  # structure only: unverified
+    # an older file without a checksum: values are scanned, nothing else is asked of it
+    del meta[store.CHECKSUM_KEY]
+    path.write_bytes(save(arrays, metadata={store.HEADER_KEY: json.dumps(meta)}))
+    old = Corpus(tmp_path).load("c1")
+    assert store.CHECKSUM_KEY not in old.meta and np.array_equal(old.va, arrays["va"])
+
+
+def test_header_metadata_edit_is_caught_by_the_checksum(tmp_path):
+    build(tmp_path)
+    path = tmp_path / "c0.safetensors"
+    data = path.read_bytes()
+    assert data.count(b"seed 0") == 1
+    path.write_bytes(data.replace(b"seed 0", b"seed 9"))  # same length: the layout still fits
+    with pytest.raises(CorpusError, match="content checksum mismatch"):
+        store.read_conversation(path)
+
+
+def test_binary_manifest_names_the_manifest(tmp_path, capsys):
+    from faceturn.cli import main
+
+    build(tmp_path)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    with pytest.raises(CorpusError) as err:
+        Corpus(tmp_path)
+    assert str(err.value).startswith(f"{manifest}:1: ") and "\n" not in str(err.value)
+    problems = Corpus(tmp_path, validate=False).manifest_problems
+    assert problems and all(p.startswith(str(tmp_path)) for p in problems)
+    assert main(["probe", "--corpus", str(tmp_path), "--out", str(tmp_path.parent / f"{tmp_path.name}-probe")]) == 2
+    assert capsys.readouterr().err.startswith(f"faceturn probe: error: {manifest}:1: ")
+    manifest.write_text("[" * 100_000 + "\n" + "1" * 5000 + "\n")  # nesting too deep, an integer too long
+    problems = Corpus(tmp_path, validate=False).manifest_problems
+    assert problems[0].startswith(f"{manifest}:1: not valid JSON") and problems[1].startswith(f"{manifest}:2: ")
+
+
+def test_manifest_must_agree_with_the_headers_and_list_every_file(tmp_path):
+    build(tmp_path)
+    manifest = tmp_path / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    edited = json.loads(lines[1]) | {"participants": ["p1", "someone"]}
+    manifest.write_text("\n".join([lines[0], json.dumps(edited), *lines[2:]]) + "\n")
+    corpus = Corpus(tmp_path)  # the manifest alone looks fine
+    with pytest.raises(CorpusError, match=r"c1\.safetensors: the manifest entry differs from the file's header: "
+                                          r"participants \['p1', 'someone'\] \(header: \['p1', 'q1'\]\)"):  # fmt: skip
+        corpus.load("c1")
+    manifest.write_text("\n".join([lines[0], *lines[2:]]) + "\n")  # a conversation dropped from the manifest
+    with pytest.raises(CorpusError, match=rf"{tmp_path / 'c1.safetensors'}: conversation file not listed in "):
+        Corpus(tmp_path)
+    assert Corpus(tmp_path, validate=False).ids() == ["c0", "c2", "c3"]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # splits
 
@@ -385,28 +525,84 @@ def test_splits_are_disjoint_by_conversation_and_participant():
 
 
 def test_split_fractions_and_pinned_splits():
-    entries = [entry(f"c{i}", (f"a{i}", f"b{i}")) for i in range(20)]
+    entries = [entry(f"c{i}", (f"a{i}", f"b{i}")) for i in range(3000)]
     counts = {}
     for s in store.assign_splits(entries).values():
         counts[s] = counts.get(s, 0) + 1
-    assert counts == {"train": 16, "val": 2, "test": 2}
-    tiny = store.assign_splits(entries[:3])
-    assert sorted(tiny.values()) == ["test", "train", "val"]  # every split gets one when there are enough
+    assert set(counts) == {"train", "val", "test"}
+    for s, share in store.DEFAULT_SPLITS.items():  # expected shares of components (binomial, 4 SD)
+        assert abs(counts[s] / 3000 - share) < 4 * np.sqrt(share * (1 - share) / 3000), (s, counts)
     # an official split is kept, and a conversation sharing its participant follows it
-    pinned = [entry("x", ("a", "b"), split="test"), entry("y", ("b", "c")), *entries]
+    pinned = [entry("x", ("a", "b"), split="test"), entry("y", ("b", "c")), *entries[:20]]
     got = store.assign_splits(pinned)
     assert got["x"] == got["y"] == "test"
     with pytest.raises(ValueError, match="split fractions"):
         store.assign_splits(entries, {"train": -1.0})
+    with pytest.raises(ValueError, match=r"split names \['dev'\] are not faceturn's splits"):
+        store.assign_splits(entries, {"train": 0.9, "dev": 0.1})
+
+
+def test_small_corpora_get_train_then_val_then_test():
+    """However few components there are, train, then val, then test get one each (as many as there are)."""
+    for seed in range(20):
+        for n in (1, 2, 3, 4, 7):
+            entries = [entry(f"c{seed}-{i}", (f"a{seed}-{i}", f"b{seed}-{i}")) for i in range(n)]
+            got = sorted(set(store.assign_splits(entries, seed=seed).values()))
+            assert got == sorted(["train", "val", "test"][: min(n, 3)]), (seed, n, got)
+    # with train and test only, two components give one each
+    two = [entry("c0", ("a", "b")), entry("c1", ("c", "d"))]
+    assert sorted(store.assign_splits(two, {"train": 0.9, "test": 0.1}).values()) == ["test", "train"]
+
+
+def test_splits_stay_put_when_the_corpus_grows():
+    """A conversation's split is a function of its component's key and the seed: growing the corpus (more
+    conversations, more sessions, another order) never moves one, unlike the old balancing by load."""
+    rng = np.random.default_rng(5)
+    entries = [
+        entry(f"c{i:04d}", (f"a{i}", f"b{i}"), group=f"session{i // 3}", n_frames=int(rng.integers(50, 5000)))
+        for i in range(900)
+    ]
+    entries += [entry(f"solo{i}", ("", "")) for i in range(40)]  # no participant ids: a component each
+    whole = store.assign_splits(entries, seed=2)
+    for n in (300, 600):  # the corpus before it grew (the last session of the prefix is still incomplete)
+        part = store.assign_splits(entries[:n] + entries[900:920], seed=2)
+        moved = {k: (v, whole[k]) for k, v in part.items() if whole[k] != v}
+        assert moved == {}
+    shuffled = [entries[i] for i in rng.permutation(len(entries))]
+    assert store.assign_splits(shuffled, seed=2) == whole
+    assert store.assign_splits(entries, seed=3) != whole  # the seed does matter
+    assigned = [ManifestEntry(**{**e.to_json(), "split": whole[e.id]}) for e in entries]
+    assert store.split_leaks(assigned) == []
 
 
 def test_finalize_keeps_splits_given_at_write_time(tmp_path):
     w = CorpusWriter(tmp_path, corpus="toy")
-    for i, split in enumerate(["dev", "dev", "test"]):
+    for i, split in enumerate(["val", "val", "test"]):
         conv = make_conv(f"c{i}", seed=i)
         w.write(conv, ManifestEntry(**{**make_entry(conv).to_json(), "framing": "", "split": split}))
-    assert [e.split for e in w.finalize()] == ["dev", "dev", "test"]
-    assert Corpus(tmp_path).ids("dev") == ["c0", "c1"]
+    assert [e.split for e in w.finalize()] == ["val", "val", "test"]
+    assert Corpus(tmp_path).ids("val") == ["c0", "c1"]
+    conv = make_conv("c3", seed=3)
+    with pytest.raises(CorpusError, match=r"c3\.safetensors: manifest field 'split' is 'dev', expected one of train"):
+        w.write(conv, ManifestEntry(**{**make_entry(conv).to_json(), "framing": "", "split": "dev"}))
+
+
+def test_manifest_split_names_are_checked(tmp_path, capsys):
+    """A misspelt split is an error naming the manifest line, not a conversation silently left out of every split."""
+    from faceturn.cli import main
+
+    build(tmp_path)
+    manifest = tmp_path / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    lines[2] = json.dumps(json.loads(lines[2]) | {"split": "tset"})
+    manifest.write_text("\n".join(lines) + "\n")
+    pattern = rf"{manifest}:3: manifest field 'split' is 'tset', expected one of train, val, test"
+    with pytest.raises(CorpusError, match=pattern):
+        Corpus(tmp_path)
+    assert main(["inspect", str(tmp_path)]) == 1
+    assert __import__("re").search(pattern, capsys.readouterr().err)
+    assert main(["probe", "--corpus", str(tmp_path), "--out", str(tmp_path.parent / f"{tmp_path.name}-probe")]) == 2
+    assert f"faceturn probe: error: {manifest}:3: manifest field 'split'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------------------------
