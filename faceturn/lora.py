@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from faceturn.errors import ConfigError, FaceturnError
+from faceturn.io import default_file_mode
 from faceturn.model import ModelConfig, from_config
 from faceturn.schema import N_FACE
 
@@ -121,6 +122,7 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, default_file_mode())  # safetensors writes 0600; shared runs follow the umask like every file
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -83,3 +83,12 @@ def test_import_faceturn_loads_nothing_and_no_module_loads_an_optional_dependenc
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["['faceturn']", "[]"]
+
+
+def test_commands_that_write_results_take_force(capsys):
+    """--force (replace an earlier output of the same command) is spelled the same wherever it exists."""
+    for argv in (["predict"], ["evaluate"], ["plot", "timeline"], ["plot", "roc"], ["render"], ["view"], ["probe"],
+                 ["analyze"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        assert "--force" in capsys.readouterr().out, argv

@@ -3,6 +3,8 @@ step with time, the sound aligned with who speaks, and the face video beside the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -112,12 +114,24 @@ def test_render_refuses_bad_input(tmp_path, viz_data, capsys):
     # a corpus without audio that is not synthetic (truth.json gone) says so
     import shutil
 
-    plain = tmp_path / "plain"
+    plain = tmp_path / "plain"  # a copy of the silent corpus (same manifest): the silent predictions' corpus
     shutil.copytree(viz_data.silent_corpus, plain)
     (plain / "truth.json").unlink()
-    assert main([*args, "--corpus", str(plain)]) == 2
+    silent = ["render", "--pred", str(viz_data.silent_pred), "--conversation", viz_data.ids[0]]
+    assert main([*silent, "--out", str(tmp_path / "x.mp4"), "--corpus", str(plain)]) == 2
     assert f"{plain / 'manifest.jsonl'}: conversation '{viz_data.ids[0]}' has no audio" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_render_refuses_another_corpus_with_the_same_ids(tmp_path, viz_data, capsys):
+    """The silent corpus holds the same first conversation id with the same length: render used to play one
+    corpus' predictions over the other's sound."""
+    out = tmp_path / "x.mp4"
+    assert main(["render", "--pred", str(viz_data.pred), "--conversation", viz_data.ids[0], "--corpus",
+                 str(viz_data.silent_corpus), "--end", "2", "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"predictions made from corpus {Path(viz_data.corpus).resolve()}" in err
+    assert f"not from {viz_data.silent_corpus}" in err and not out.exists()
 
 
 def test_face_video_is_found_by_the_name_the_tracker_recorded(tmp_path):

@@ -274,3 +274,29 @@ def test_stream_command_realtime_pacing_and_bad_input(run_and_corpus, capsys):
     assert main(["stream", "--run", str(run), "--corpus", str(corpus), "--conversation", conv_id,
                  "--threshold", "0.3", "--hysteresis", "0.4"]) == 2  # fmt: skip
     assert "hysteresis must lie in [0, threshold=0.3)" in capsys.readouterr().err
+
+
+def test_stream_says_when_the_run_was_trained_on_another_corpus(run_and_corpus, tmp_path, capsys):
+    """Replaying a model on another corpus is legitimate (it is not refused), but the run's own corpus is named."""
+    import hashlib
+    import json
+    import shutil
+
+    from faceturn.cli import main
+    from faceturn.store import Corpus
+
+    run, corpus = run_and_corpus
+    conv_id = Corpus(corpus).ids()[0]
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    args = ["stream", "--run", str(copy), "--corpus", str(corpus), "--conversation", conv_id, "--seconds", "0.5",
+            "--no-progress", "--threads", "1"]  # fmt: skip
+    (copy / "config.json").write_text(json.dumps({"corpus": {"path": "/data/tight", "fingerprint": "sha256:00"}}))
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"note: {copy} was trained on corpus /data/tight, not on {corpus}" in err
+    own = {"path": str(corpus.resolve()), "fingerprint": "sha256:" + hashlib.sha256(
+        (corpus / "manifest.jsonl").read_bytes()).hexdigest()}  # fmt: skip
+    (copy / "config.json").write_text(json.dumps({"corpus": own}))
+    assert main(args) == 0
+    assert "trained on corpus" not in capsys.readouterr().err

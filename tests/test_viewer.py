@@ -94,3 +94,8 @@ def test_viewer_refuses_bad_input(tmp_path, viz_data, capsys):
     assert main([*args, "--video", str(tmp_path / "missing.mp4")]) == 2
     assert f"{tmp_path / 'missing.mp4'}: unreadable video" in capsys.readouterr().err
     assert not out.exists()
+    # another corpus holding the same conversation id and length: one corpus' predictions over the other's media
+    assert main([*args, "--corpus", str(viz_data.silent_corpus)]) == 2
+    err = capsys.readouterr().err
+    assert f"predictions made from corpus {viz_data.corpus.resolve()}" in err
+    assert f"not from {viz_data.silent_corpus}" in err and not out.exists()

@@ -2,7 +2,11 @@
 
 One spelling per meaning: `--jobs N` (things at a time), `--no-progress` (no progress bars or live lines),
 `--config NAME|FILE` (the command's config), `--set KEY=VALUE` (type-checked overrides of it, repeatable;
-`args.overrides`), `--corpus`, `--run`, `--out`.
+`args.overrides`), `--corpus`, `--run`, `--out`, `--force` (overwrite an earlier output of the same command).
+
+Every command checks its outputs before any work (`faceturn.io.check_output_file` / `check_output_dir`): an output
+is never one of the command's inputs or inside one, never in a corpus folder (unless the command writes corpora),
+never an existing file of another kind, and replaces an earlier output of its own kind only with `--force`.
 """
 
 from __future__ import annotations
@@ -10,13 +14,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from faceturn.io import atomic_write_json, atomic_write_text
+from faceturn.io import JSON_FILE, MARKDOWN_FILE, Inputs, atomic_write_json, atomic_write_text, check_output_dir
 
 
 def add_jobs(parser: argparse.ArgumentParser, *, default: int | None = 1, help: str | None = None) -> None:
     """`--jobs N`: how many runs, conversations or processes at a time."""
     text = help or f"processes working in parallel (default: {default})"
-    parser.add_argument("--jobs", type=_positive_int, default=default, metavar="N", help=text)
+    parser.add_argument("--jobs", type=positive_int, default=default, metavar="N", help=text)
 
 
 def add_progress(parser: argparse.ArgumentParser, *, help: str = "no progress bars (logs, CI)") -> None:
@@ -40,8 +44,16 @@ def add_corpus(parser: argparse.ArgumentParser, *, required: bool = True, help: 
 
 
 def add_run(parser: argparse.ArgumentParser) -> None:
-    """`--run FOLDER`: a run folder (its newest checkpoint) or one checkpoint."""
+    """`--run FOLDER`: a run folder (its newest checkpoint) or one checkpoint; `--allow-older`."""
     parser.add_argument("--run", type=Path, required=True, help="run folder (its newest checkpoint) or a checkpoint")
+    add_allow_older(parser)
+
+
+def add_allow_older(parser: argparse.ArgumentParser) -> None:
+    """`--allow-older`: when a run's newest checkpoint is damaged, use the newest intact one (and say which)."""
+    parser.add_argument(
+        "--allow-older", action="store_true", help="if the newest checkpoint is damaged, use the newest intact one"
+    )
 
 
 def add_out(parser: argparse.ArgumentParser, *, help: str, required: bool = False, default: Path | None = None) -> None:
@@ -81,7 +93,7 @@ def add_video(parser: argparse.ArgumentParser) -> None:
                         help="folder searched for the video the face tracker read (by its file name)")  # fmt: skip
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -89,6 +101,34 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def add_force(parser: argparse.ArgumentParser) -> None:
+    """`--force`: replace an earlier output of the same command (never an input, nor a file of another kind)."""
+    parser.add_argument(
+        "--force", action="store_true",
+        help="overwrite an earlier output of this command (inputs and files of another kind are never replaced)",
+    )  # fmt: skip
+
+
+def config_input(value: str | Path | None) -> Path | None:
+    """A `--config` (or model) value as an input path: the file or folder it names, None for a shipped config's name
+    (or a hub id, or nothing)."""
+    return Path(value) if value and Path(value).exists() else None
+
+
+def run_input(run: Path) -> Path:
+    """A `--run` value as an input path: the run's checkpoints (outputs may go into the run folder itself, as the
+    attribution study's predictions do, never among its checkpoints), or the checkpoint folder given."""
+    checkpoints = Path(run) / "checkpoints"  # faceturn.checkpoint.CHECKPOINTS
+    return checkpoints if checkpoints.is_dir() else Path(run)
+
+
+def check_result_out(out: Path | None, stem: str, *, inputs: Inputs, force: bool) -> None:
+    """Before any work: `--out` of `write_result` (a folder for `<stem>.json` and `<stem>.md`) may be written."""
+    if out is not None:
+        files = {f"{stem}.json": JSON_FILE, f"{stem}.md": MARKDOWN_FILE}
+        check_output_dir(out, files=files, inputs=inputs, force=force)
 
 
 def write_result(command: str, out: Path | None, stem: str, result: dict, table: str) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from faceturn.commands._args import add_jobs, add_out, add_progress, add_study_config
+from faceturn.commands._args import add_jobs, add_out, add_progress, add_study_config, config_input
 from faceturn.eval import attribution as att
+from faceturn.io import STUDY_FOLDER, check_output_dir
 from faceturn.study import ensure_corpora, load_study_config, plan_attribution
 
 
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "plan":
+        check_output_dir(args.out, kind=STUDY_FOLDER, inputs={"--config": config_input(args.config)})  # resumable
         cfg = load_study_config(args.config, args.overrides)
         corpora = ensure_corpora(cfg, args.out, progress=args.progress)
         runs = plan_attribution(cfg, args.out, corpora)

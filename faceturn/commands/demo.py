@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from faceturn.commands._args import add_jobs, add_out, add_progress
+from faceturn.io import STUDY_FOLDER, check_output_dir
 from faceturn.study import load_study_config, reseed, run_and_summarize
 
 
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, kind=STUDY_FOLDER)  # a study folder: re-running resumes
     cfg = reseed(load_study_config("synthetic"), args.seed)
     print(run_and_summarize(cfg, args.out, jobs=args.jobs, progress=args.progress))
     return 0

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from faceturn.commands._args import add_config, add_out, add_set
+from faceturn.errors import RunDirError
+from faceturn.io import EMPTY_FOLDER, RUN_FOLDER, check_output_dir, path_kind
 from faceturn.moshi_import import import_moshi, write_run
 
 
@@ -27,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, kind=RUN_FOLDER, inputs={"--weights": args.weights, "--config": args.config})
+    if path_kind(args.out) not in (None, EMPTY_FOLDER):  # before reading gigabytes of weights
+        raise RunDirError(f"{args.out}: exists and is not an empty folder; choose a new --out")
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     model = import_moshi(args.weights, args.config, dtype, args.overrides, args.seed)
     source = {"weights": str(args.weights), "config": None if args.config is None else str(args.config)}

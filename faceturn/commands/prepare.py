@@ -13,9 +13,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from faceturn.commands._args import add_device, add_jobs, add_out, add_progress, add_set
+from faceturn.commands._args import add_device, add_jobs, add_out, add_progress, add_set, config_input
 from faceturn.config import apply_overrides
 from faceturn.errors import CorpusError
+from faceturn.io import CORPUS_FOLDER, check_output_dir
 from faceturn.prep import livelink, multidialog, seamless
 from faceturn.prep.audio_tokens import MimiSettings
 from faceturn.prep.face import FaceSettings
@@ -91,6 +92,10 @@ def _split_overrides(items: list[str], prep_cls: type) -> tuple[list[str], list[
 def run(args: argparse.Namespace) -> int:
     if not args.root.is_dir():
         raise CorpusError(f"{args.root}: folder not found")
+    given = {k: config_input(getattr(args, k.removeprefix("--").replace("-", "_"), None))
+             for k in ("--mimi", "--face-model", "--text-model", "--video-root", "--recordings")}  # fmt: skip
+    inputs = {"--root": args.root, **given}  # local models and media folders; hub ids are not paths
+    check_output_dir(args.out, kind=CORPUS_FOLDER, inputs=inputs)
     prep = PrepSettings(
         mimi=MimiSettings(model=args.mimi, device=args.device),
         face=FaceSettings(model=args.face_model, gaze=args.gaze, crop="none" if args.no_crop else "auto"),

@@ -10,16 +10,20 @@ alerts were false.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from faceturn.checkpoint import load_model
+from faceturn.checkpoint import CONFIG_FILE, load_model
 from faceturn.commands._args import add_corpus, add_device, add_progress, add_run
 from faceturn.errors import FaceturnError
 from faceturn.labels import turn_labels
-from faceturn.store import Corpus
+from faceturn.store import Corpus, fingerprint
 from faceturn.stream import AlertTrigger, TurnYieldStream, score_alerts
 from faceturn.timebase import FRAME_S, duration_to_frames
 
@@ -50,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     conv = Corpus(args.corpus).load(args.conversation)
-    model, train_cfg = load_model(args.run, device=args.device)
+    model, train_cfg = load_model(args.run, device=args.device, allow_older=args.allow_older)
     stream = TurnYieldStream(model)
+    trained = _trained_on(args.run)  # a model may be replayed on another corpus: say so, never refuse
+    if trained is not None and trained.get("fingerprint") != fingerprint(args.corpus):
+        print(f"faceturn stream: note: {args.run} was trained on corpus {trained.get('path')}, not on {args.corpus} "
+              "(their manifests differ)", file=sys.stderr)  # fmt: skip
 
     s, o = args.self_speaker, 1 - args.self_speaker
     labels = turn_labels(np.asarray(conv.va, dtype=np.float32), train_cfg.labels)
@@ -100,3 +108,12 @@ def run(args: argparse.Namespace) -> int:
         lat = np.asarray(latency_ms)
         print(f"latency: {np.percentile(lat, 50):.2f} ms per frame (p99 {np.percentile(lat, 99):.2f} ms)")
     return 0
+
+
+def _trained_on(run: Path) -> dict[str, Any] | None:
+    """The corpus a run (or checkpoint) folder records it was trained on ({"path", "fingerprint"}), if any."""
+    try:
+        record = json.loads((Path(run) / CONFIG_FILE).read_text()).get("corpus")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) else None

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from faceturn.commands._args import add_jobs, add_out, add_progress, add_study_config
+from faceturn.commands._args import add_jobs, add_out, add_progress, add_study_config, config_input
+from faceturn.io import STUDY_FOLDER, check_output_dir
 from faceturn.study import load_study_config, run_and_summarize
 
 
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, kind=STUDY_FOLDER, inputs={"--config": config_input(args.config)})  # resumable
     cfg = load_study_config(args.config, args.overrides)
     print(run_and_summarize(cfg, args.out, jobs=args.jobs, progress=args.progress))
     return 0

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from faceturn.commands._args import add_jobs, add_out, add_progress, add_set
+from faceturn.commands._args import add_jobs, add_out, add_progress, add_set, config_input
+from faceturn.io import CORPUS_FOLDER, check_output_dir
 from faceturn.synth import generate_corpus, load_preset
 
 
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, kind=CORPUS_FOLDER, inputs={"--preset": config_input(args.preset)})
     cfg = load_preset(args.preset, args.overrides)
     summary = generate_corpus(
         cfg,

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from faceturn.commands._args import add_config, add_corpus, add_out, add_set
+from faceturn.commands._args import add_allow_older, add_config, add_corpus, add_out, add_set, config_input
+from faceturn.errors import RunDirError
+from faceturn.io import FOLDER, RUN_FOLDER, check_output_dir, path_kind
 from faceturn.recipe import load_train_config
 from faceturn.train import train
 
@@ -21,11 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its newest complete checkpoint"
     )
+    add_allow_older(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, kind=RUN_FOLDER, inputs={"--corpus": args.corpus, "--config": config_input(args.config)})
+    if args.resume and path_kind(args.out) == FOLDER:
+        raise RunDirError(f"{args.out}: holds files but no run (no run config.json); --resume continues a run folder")
     cfg = load_train_config(args.config, args.overrides)
-    result = train(cfg, args.corpus, args.out, resume=args.resume)
+    result = train(cfg, args.corpus, args.out, resume=args.resume, allow_older=args.allow_older)
     if not result.is_main:
         return 0
     auc = result.last_val.get("val_yield_auc")

@@ -117,7 +117,8 @@ def load_timeline(
     corpus: str | Path | None = None,
 ) -> TimelineData:
     """Read one conversation's predictions (a `faceturn predict` file or a loaded `Predictions`) and its corpus
-    streams (`corpus`, default: the corpus the file names) into a TimelineData for [start_s, end_s)."""
+    streams (`corpus`, default: the corpus the file names; another corpus than the one the predictions were made
+    from is refused) into a TimelineData for [start_s, end_s)."""
     source = str(pred) if isinstance(pred, str | Path) else f"predictions for {pred.meta.get('corpus')}"
     p = Predictions.load(pred) if isinstance(pred, str | Path) else pred
     if perspective not in (0, 1):
@@ -130,7 +131,7 @@ def load_timeline(
     rows = (p.conversation == ci) & (p.perspective == perspective)
     if not rows.any():
         raise FaceturnError(f"{source}: no rows for conversation {conversation_id!r} from perspective {perspective}")
-    store = Corpus(corpus if corpus is not None else p.meta["corpus"])
+    store = Corpus(p.corpus_root(corpus))  # the corpus the predictions were made from (manifest fingerprint)
     conv = store.load(conversation_id)
     n = conv.n_frames
     frames = p.frame[rows]
