@@ -4,11 +4,15 @@ Layout: `RUN/checkpoints/step-0000100/` holds
   - `model.safetensors`  the unwrapped, uncompiled module's state dict (face statistics included);
   - `optimizer.pt`       the optimizer's state dict (tensors and numbers only: loaded with `weights_only=True`);
   - `state.json`         step, data-loader state and loop state (everything else resume needs);
-  - `config.json`        the resolved run config (train, model, schema), so the model rebuilds from this folder alone;
-  - `COMPLETE`           written last: the size of every other file.
+  - `config.json`        the resolved run config (train config with its model, schema), so the model rebuilds from
+                         this folder alone;
+  - `COMPLETE`           written last: the size and sha256 of every other file.
 Everything is written into `.tmp-step-0000100/` and the folder is renamed only when complete, so a write killed
 half-way leaves a `.tmp-*` folder that nothing reads (and the next save removes) and the previous checkpoint intact.
-A folder counts only when its name parses, `COMPLETE` exists and every file has the size recorded there.
+A folder is intact when `COMPLETE` exists and every file has its recorded size; the weights are checked against their
+sha256 before they are loaded (the optimizer state before a resume) and must be finite. The newest checkpoint of a
+run must be intact: a damaged one is an error naming what is wrong, never a silent fall-back to an older one
+(`--allow-older` takes the newest intact one and says which).
 
 No RNG state is stored: nothing in training draws from a global generator's history. The data stream is a function of
 (seed, sample index) (faceturn.data) and the torch generator is re-seeded from (seed, step, rank) before each step.
@@ -16,21 +20,25 @@ No RNG state is stored: nothing in training draws from a global generator's hist
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model
 
 from faceturn.config import ConfigError, from_dict
+from faceturn.dist import resolve_device
 from faceturn.errors import CheckpointError
-from faceturn.io import atomic_write_json
+from faceturn.io import atomic_write_json, default_file_mode
 from faceturn.lora import apply_lora, merge_lora
 from faceturn.model import Model, from_config
 from faceturn.recipe import TrainConfig
@@ -62,13 +70,40 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def damage(ckpt: Path, *, content: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with checkpoint folder `ckpt` (None when intact): no readable COMPLETE marker, a listed file
+    missing or of another size, or (for the files named in `content`) bytes that do not hash to the recorded sha256."""
+    try:
+        marker = json.loads((ckpt / COMPLETE).read_text())
+        sizes, hashes = marker["files"], marker["sha256"]
+    except FileNotFoundError:
+        return f"no {COMPLETE} marker (the write did not finish, or the marker was removed)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable {COMPLETE} marker ({type(e).__name__})"
+    for name, size in sizes.items():
+        try:
+            actual = (ckpt / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if actual != size:
+            return f"{name} has {actual} bytes, {size} were written (truncated or replaced)"
+    for name in content:
+        if name in hashes and _sha256(ckpt / name) != hashes[name]:
+            return f"{name} does not match its sha256 in {COMPLETE} (the file was altered or corrupted)"
+    return None
+
+
 def is_complete(ckpt: Path) -> bool:
     """True when `ckpt` is a finished checkpoint: COMPLETE exists and every listed file has its recorded size."""
-    try:
-        sizes = json.loads((ckpt / COMPLETE).read_text())["files"]
-        return all((ckpt / name).stat().st_size == size for name, size in sizes.items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return damage(ckpt) is None
 
 
 def checkpoint_step(ckpt: Path) -> int:
@@ -78,19 +113,46 @@ def checkpoint_step(ckpt: Path) -> int:
     return int(match.group(1))
 
 
-def complete_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The run's complete checkpoints, oldest first."""
+def step_folders(run_dir: str | Path) -> list[Path]:
+    """Every checkpoint folder of a run (complete or not; never the `.tmp-*` of a write in progress), oldest first."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _STEP_RE.fullmatch(p.name) and p.is_dir() and is_complete(p)]
-    return sorted(found, key=checkpoint_step)
+    return sorted((p for p in root.iterdir() if _STEP_RE.fullmatch(p.name) and p.is_dir()), key=checkpoint_step)
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run (what `--resume` continues from), or None."""
-    found = complete_checkpoints(run_dir)
-    return found[-1] if found else None
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's complete checkpoints, oldest first."""
+    return [p for p in step_folders(run_dir) if is_complete(p)]
+
+
+def latest_checkpoint(
+    run_dir: str | Path, *, allow_older: bool = False, content: tuple[str, ...] = (MODEL_FILE,)
+) -> Path | None:
+    """The newest checkpoint of a run (what `--resume` and evaluation use), or None when the run has none.
+
+    The newest folder must be intact (marker, sizes, and the sha256 of the files in `content`): a damaged one is an
+    error naming what is wrong, unless `allow_older`, which takes the newest intact one and says so on stderr."""
+    folders = step_folders(run_dir)
+    damaged: list[tuple[Path, str]] = []
+    for ckpt in reversed(folders):
+        problem = damage(ckpt, content=content)
+        if problem is None:
+            if damaged and not allow_older:
+                newest, why = damaged[0]
+                raise CheckpointError(
+                    f"{newest}: damaged checkpoint: {why}; the newest intact one is {ckpt.name} "
+                    "(pass --allow-older to use it)"
+                )
+            if damaged:
+                print(f"faceturn: using {ckpt} (newer damaged: {', '.join(p.name for p, _ in damaged)})",
+                      file=sys.stderr)  # fmt: skip
+            return ckpt
+        damaged.append((ckpt, problem))
+    if damaged:
+        newest, why = damaged[0]
+        raise CheckpointError(f"{newest}: damaged checkpoint: {why}; {run_dir} has no intact checkpoint")
+    return None
 
 
 def save_checkpoint(
@@ -116,6 +178,7 @@ def save_checkpoint(
     tmp = root / f".tmp-{name}"
     tmp.mkdir()
     save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
+    os.chmod(tmp / MODEL_FILE, default_file_mode())  # safetensors writes 0600 whatever the umask
     _fsync_file(tmp / MODEL_FILE)
     with open(tmp / OPTIMIZER_FILE, "wb") as fh:
         torch.save(optimizer.state_dict(), fh)
@@ -123,8 +186,9 @@ def save_checkpoint(
         os.fsync(fh.fileno())
     atomic_write_json(tmp / STATE_FILE, {**state, "step": step})
     atomic_write_json(tmp / CONFIG_FILE, dict(config))
-    sizes = {p.name: p.stat().st_size for p in tmp.iterdir()}
-    atomic_write_json(tmp / COMPLETE, {"step": step, "files": sizes})
+    files = sorted(p for p in tmp.iterdir() if p.is_file())
+    sizes = {p.name: p.stat().st_size for p in files}
+    atomic_write_json(tmp / COMPLETE, {"step": step, "files": sizes, "sha256": {p.name: _sha256(p) for p in files}})
     _fsync_dir(tmp)
     final = root / name
     if final.exists():  # the same step saved again (e.g. a resumed run that stops where it started)
@@ -136,16 +200,19 @@ def save_checkpoint(
     return final
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or the newest complete checkpoint of a run folder."""
+def resolve_checkpoint(path: str | Path, *, allow_older: bool = False) -> Path:
+    """A checkpoint folder (which must be intact), or the newest checkpoint of a run folder (`latest_checkpoint`)."""
     path = Path(path)
     if _STEP_RE.fullmatch(path.name):
-        if not is_complete(path):
-            raise CheckpointError(f"{path}: incomplete checkpoint (no valid {COMPLETE} marker); it cannot be loaded")
+        problem = damage(path, content=(MODEL_FILE,))
+        if problem is not None:
+            raise CheckpointError(f"{path}: incomplete or damaged checkpoint: {problem}; it cannot be loaded")
         return path
-    latest = latest_checkpoint(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a run or checkpoint folder")
+    latest = latest_checkpoint(path, allow_older=allow_older)
     if latest is None:
-        raise CheckpointError(f"{path}: no complete checkpoint in {path / CHECKPOINTS}")
+        raise CheckpointError(f"{path}: no checkpoint in {path / CHECKPOINTS} (is it a run folder?)")
     return latest
 
 
@@ -214,28 +281,40 @@ def check_schema(ckpt: Path, saved_schema: Mapping[str, Any]) -> None:
 def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
     """Load model.safetensors into `model`; a missing or unexpected tensor is an error naming it."""
     device = next(model.parameters()).device
-    missing, unexpected = st_load_model(model, str(Path(ckpt) / MODEL_FILE), strict=False, device=str(device))
+    try:
+        missing, unexpected = st_load_model(model, str(Path(ckpt) / MODEL_FILE), strict=False, device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{Path(ckpt) / MODEL_FILE}: cannot be read as safetensors ({e})") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{ckpt}: {MODEL_FILE} does not fit the model (missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]})"
         )
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{Path(ckpt) / MODEL_FILE}: tensor {name} holds non-finite values (NaN or inf)")
 
 
 def load_optimizer(ckpt: Path, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """Restore optimizer state without unpickling arbitrary objects (`weights_only=True`)."""
+    problem = damage(Path(ckpt), content=(OPTIMIZER_FILE,))
+    if problem is not None:
+        raise CheckpointError(f"{ckpt}: damaged checkpoint: {problem}")
     state = torch.load(Path(ckpt) / OPTIMIZER_FILE, map_location=device, weights_only=True)
     optimizer.load_state_dict(state)
 
 
-def load_model(run_or_checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[Model, TrainConfig]:
+def load_model(
+    run_or_checkpoint: str | Path, device: str | torch.device = "cpu", *, allow_older: bool = False
+) -> tuple[Model, TrainConfig]:
     """Rebuild a trained model from a checkpoint folder (or a run's newest one) → (model in eval mode, TrainConfig).
 
     Everything comes from the checkpoint: the model config (`config.model`, `zero_groups` included), the face
     statistics (buffers in the weights) and the training config (`config.data.face_dropout`, `config.labels`, ...).
     Evaluation code must use this.
     """
-    ckpt = resolve_checkpoint(run_or_checkpoint)
+    device = resolve_device(device) if isinstance(device, str) else device  # "cuda" without CUDA: a clear error
+    ckpt = resolve_checkpoint(run_or_checkpoint, allow_older=allow_older)
     saved = read_json(ckpt, CONFIG_FILE)
     for key in ("train", "schema"):
         if key not in saved:

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("FACETURN_DEBUG"):
             raise
         return _error(args.command, str(e))
+    except BrokenPipeError:  # `faceturn inspect --json | head`: the reader left; stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 141  # 128 + SIGPIPE
     except OSError as e:
         if e.filename is None or os.environ.get("FACETURN_DEBUG"):
             raise  # not about a file the user named: a bug or the system

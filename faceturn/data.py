@@ -162,6 +162,12 @@ class WindowDataset:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def load_all(self) -> None:
+        """Read and validate every conversation of the split now (they are cached for the windows), so a damaged file
+        is found before any work rather than at the first window that touches it."""
+        for index in range(len(self.ids)):
+            self._conversation(index)
+
     def fingerprint(self) -> str:
         """Identifies the split's content layout (ids and lengths): a resumed run must see the same corpus."""
         blob = json.dumps([self.split, self.ids, self.n_frames.tolist(), self.window_frames]).encode()

@@ -32,5 +32,9 @@ class RunDirError(FaceturnError):
     """A run or output folder that cannot be used as asked (e.g. not empty without --resume)."""
 
 
+class TrainingDiverged(FaceturnError):
+    """The training loss became non-finite (NaN or inf): the learning rate or the data need a look."""
+
+
 class JobError(FaceturnError):
     """One or more jobs of a plan failed; the message names each and its log."""

@@ -35,13 +35,14 @@ from faceturn import checkpoint as ckpt_io
 from faceturn import dist
 from faceturn.config import to_dict
 from faceturn.data import WindowDataset, WindowLoader, face_statistics, validation_batches, validation_windows
-from faceturn.errors import CheckpointError, ConfigError, RunDirError
+from faceturn.errors import CheckpointError, ConfigError, RunDirError, TrainingDiverged
 from faceturn.io import append_jsonl, atomic_write_json
 from faceturn.lora import apply_lora
 from faceturn.lora import export as export_lora
 from faceturn.model import LossConfig, compute_loss, from_config
 from faceturn.recipe import PROVENANCE, OptimConfig, TrainConfig, resolved_config, resumable_fields
 from faceturn.stats import roc_auc
+from faceturn.store import provenance
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -184,42 +185,65 @@ class TrainResult:
     is_main: bool = True  # rank 0 (the process that logs and writes)
 
 
-def train(cfg: TrainConfig, corpus_dir: str | Path, run_dir: str | Path, resume: bool = False) -> TrainResult:
-    """Train (or, with `resume`, continue) a run in `run_dir` on `corpus_dir`; returns where and why it stopped."""
+def train(
+    cfg: TrainConfig, corpus_dir: str | Path, run_dir: str | Path, resume: bool = False, *, allow_older: bool = False
+) -> TrainResult:
+    """Train (or, with `resume`, continue) a run in `run_dir` on `corpus_dir`; returns where and why it stopped.
+    `allow_older`: resume from the newest intact checkpoint when the newest one is damaged (else an error)."""
     joined_here = not torch.distributed.is_initialized()
     info = dist.init_distributed(cfg.device)
     try:
-        with _Session(cfg, Path(corpus_dir), Path(run_dir), resume, info) as session:
+        with _Session(cfg, Path(corpus_dir), Path(run_dir), resume, info, allow_older) as session:
             return session.run()
     finally:
         if joined_here:
             dist.cleanup()
 
 
-def _start_checkpoint(cfg: TrainConfig, run_dir: Path, resume: bool, resolved: dict[str, Any]) -> Path | None:
+def _start_checkpoint(
+    cfg: TrainConfig, run_dir: Path, resume: bool, resolved: dict[str, Any], allow_older: bool
+) -> Path | None:
     """The checkpoint this session continues (None for a new run), after checking the folder and the config."""
     _check_run_dir(run_dir, resume)
-    compare_ignore = (*resumable_fields(), *PROVENANCE)
-    start = ckpt_io.latest_checkpoint(run_dir) if resume else None
+    compare_ignore = (*resumable_fields(), *PROVENANCE, "corpus")  # the corpus is compared by content, below
+    content = (ckpt_io.MODEL_FILE, ckpt_io.OPTIMIZER_FILE)
+    start = ckpt_io.latest_checkpoint(run_dir, allow_older=allow_older, content=content) if resume else None
     if start is not None:
         ckpt_io.check_config(start, resolved, ignore=compare_ignore)
     elif resume and (run_dir / ckpt_io.CONFIG_FILE).exists():
         ckpt_io.check_config(run_dir, resolved, ignore=compare_ignore)
+    saved_at = start if start is not None else run_dir
+    if resume and (saved_at / ckpt_io.CONFIG_FILE).exists():
+        _check_corpus(run_dir, saved_at, resolved["corpus"])
     return start
+
+
+def _check_corpus(run_dir: Path, saved_at: Path, corpus: dict[str, str]) -> None:
+    """A resumed run continues on the corpus it started on: the same manifest fingerprint (the folder may have
+    moved). A run that recorded no corpus (an older faceturn) is not checked."""
+    saved = ckpt_io.read_json(saved_at, ckpt_io.CONFIG_FILE).get("corpus")
+    if isinstance(saved, dict) and saved.get("fingerprint") != corpus["fingerprint"]:
+        raise CheckpointError(
+            f"{run_dir}: the run was trained on corpus {saved.get('path')} (manifest {saved.get('fingerprint')}), "
+            f"not on {corpus['path']} (manifest {corpus['fingerprint']}); resume it on its own corpus, or start a "
+            "new run"
+        )
 
 
 class _Session:
     """One session of a run: built in `__init__` (folder, data, model, optimizer, resumed state), trained by `run`,
     and its progress bar and TensorBoard writer closed on exit, whatever happened."""
 
-    def __init__(self, cfg: TrainConfig, corpus_dir: Path, run_dir: Path, resume: bool, info: dist.DistInfo):
+    def __init__(
+        self, cfg: TrainConfig, corpus_dir: Path, run_dir: Path, resume: bool, info: dist.DistInfo, allow_older: bool
+    ):
         self.cfg, self.run_dir, self.info = cfg, run_dir, info
         self.device = device = info.device
         if cfg.precision == "bf16" and device.type != "cuda":
             raise ConfigError("precision = 'bf16' needs CUDA; on CPU use 'auto' or 'fp32'")
         self.use_bf16 = device.type == "cuda" and cfg.precision in ("auto", "bf16")
-        self.resolved = resolved_config(cfg)
-        self.start_ckpt = start = _start_checkpoint(cfg, run_dir, resume, self.resolved)
+        self.resolved = {**resolved_config(cfg), "corpus": provenance(corpus_dir)}  # checked on resume
+        self.start_ckpt = start = _start_checkpoint(cfg, run_dir, resume, self.resolved, allow_older)
         dist.barrier(info)  # every process has seen the folder as it was before rank 0 writes into it
         writer_class = _tensorboard_writer_class() if info.is_main and cfg.tensorboard else None  # fail before work
         self.writer: Any = _NullWriter()
@@ -235,6 +259,9 @@ class _Session:
         if info.is_main:
             self.val_ds = WindowDataset(corpus_dir, cfg.data.val_split, window_frames, cfg.labels)
             self.val_windows = validation_windows(self.val_ds, cfg.data.val_max_windows)
+        for ds in (train_ds, self.val_ds):  # a damaged file fails now, not after hours of training
+            if ds is not None:
+                ds.load_all()
 
         if cfg.lora.rank and not (cfg.init_from or start):
             raise ConfigError(
@@ -402,7 +429,10 @@ class _Session:
                 means = dist.all_reduce_mean(torch.stack([sums[k] / n_sum for k in keys]).to(self.device), info)
                 record = {k: float(v) for k, v in zip(keys, means, strict=True)}
                 if not math.isfinite(record["loss"]):
-                    raise FloatingPointError(f"non-finite training loss {record['loss']} by step {step} (lr {lr:.3g})")
+                    raise TrainingDiverged(
+                        f"{self.run_dir}: the training loss became {record['loss']} by step {step} (lr {lr:.3g}); "
+                        f"lower optim.lr or check the corpus (the last checkpoint is step {last_saved})"
+                    )
                 record.update(
                     lr=lr, grad_norm=float(grad_norm), frames_per_s=window_frames_seen / max(step_seconds, 1e-9),
                     frames_seen=self.loop["frames_seen"], elapsed_s=self.elapsed_s(),
@@ -415,11 +445,11 @@ class _Session:
                 sums, n_sum = {}, 0
                 step_seconds, window_frames_seen = 0.0, 0
             self.bar.update(1)
-            if cfg.eval_every_steps and step % cfg.eval_every_steps == 0 and step < cfg.optim.max_steps:
-                self.validate(step, result)
-            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:  # saved before anything else
                 result.checkpoint = self.save(step)
                 last_saved = step
+            if cfg.eval_every_steps and step % cfg.eval_every_steps == 0 and step < cfg.optim.max_steps:
+                self.validate(step, result)
             if cfg.max_minutes > 0:
                 over = self.elapsed_s() >= cfg.max_minutes * 60
                 if dist.any_process(over, info):
@@ -427,9 +457,9 @@ class _Session:
                     break
         self.bar.close()
         result.step = step = self.step
-        self.validate(step, result)
         if last_saved != step:
             result.checkpoint = self.save(step)
+        self.validate(step, result)
         if cfg.lora.rank and info.is_main:  # adapters alone, and merged into a plain model (in place: the run is over)
             export_lora(self.model, cfg.lora, self.run_dir / "lora", {"step": step, "config": self.resolved})
         self.log({"event": "end", "step": step, "reason": result.stop_reason})

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from faceturn import checkpoint as ck
-from faceturn.errors import ConfigError, RunDirError
+from faceturn.errors import ConfigError, CorpusError, RunDirError
 from faceturn.recipe import TrainConfig, load_train_config, resumable_fields
 from faceturn.train import lr_at, train
 
@@ -131,14 +131,20 @@ def test_killed_checkpoint_write_is_ignored_and_resume_is_exact(reference_run, c
     monkeypatch.setattr(torch, "save", real_save)
     partial = run / "checkpoints" / ".tmp-step-0000004"
     assert (partial / ck.MODEL_FILE).is_file() and not (partial / ck.COMPLETE).exists()
-    # a renamed folder without its COMPLETE marker (e.g. copied half) is not a checkpoint either
+    assert ck.latest_checkpoint(run).name == "step-0000002"  # the killed write is not a checkpoint
+    # a newest folder without its COMPLETE marker (copied half, or the marker deleted) is damaged: an error naming
+    # it, never a silent fall-back to an older checkpoint; --allow-older takes the newest intact one and says so
     fake = run / "checkpoints" / "step-0000005"
     shutil.copytree(run / "checkpoints" / "step-0000002", fake)
     (fake / ck.COMPLETE).unlink()
-    assert ck.latest_checkpoint(run).name == "step-0000002"
-    model, _ = ck.load_model(run)  # the previous checkpoint still loads
+    with pytest.raises(
+        ck.CheckpointError, match=r"step-0000005: damaged checkpoint: no COMPLETE marker.*--allow-older"
+    ):
+        ck.latest_checkpoint(run)
+    assert ck.latest_checkpoint(run, allow_older=True).name == "step-0000002"
+    model, _ = ck.load_model(run, allow_older=True)  # the previous checkpoint still loads
     assert sum(p.numel() for p in model.parameters()) > 0
-    with pytest.raises(ck.CheckpointError, match="incomplete checkpoint"):
+    with pytest.raises(ck.CheckpointError, match="incomplete or damaged checkpoint"):
         ck.load_model(fake)
     shutil.rmtree(fake)
     result = train(_cfg(), corpus_dir, run, resume=True)
@@ -257,3 +263,76 @@ def test_ddp_two_gloo_processes_equal_one_process(corpus_dir, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["world_size"] == 2 and records[0]["global_batch_windows"] == 4
     assert _max_diff(_params(tmp_path / "ddp"), _params(tmp_path / "single")) <= 1e-5
+
+
+def _copy_run(reference_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(reference_run, run)
+    return run, run / "checkpoints" / "step-0000006"
+
+
+def test_damaged_newest_checkpoint_is_an_error_unless_allow_older(reference_run, corpus_dir, tmp_path, capsys):
+    from faceturn.cli import main
+
+    run, newest = _copy_run(reference_run, tmp_path)
+    weights = newest / ck.MODEL_FILE
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a same-size corruption: sizes agree, the sha256 does not
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ck.CheckpointError, match=r"step-0000006: damaged checkpoint: model.safetensors does not match"):
+        ck.load_model(run)
+    out = tmp_path / "pred.npz"
+    assert main(["predict", "--run", str(run), "--corpus", str(corpus_dir), "--split", "val", "--out", str(out)]) == 2
+    assert "step-0000006: damaged checkpoint" in capsys.readouterr().err
+    ck.load_model(run, allow_older=True)
+    assert "using " in capsys.readouterr().err  # the chosen (older) step is printed
+    with open(weights, "r+b") as fh:  # truncated
+        fh.truncate(100)
+    with pytest.raises(ck.CheckpointError, match=r"model.safetensors has 100 bytes, \d+ were written"):
+        ck.load_model(run)
+
+
+def test_non_finite_weights_and_broken_headers_are_refused(reference_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    run, newest = _copy_run(reference_run, tmp_path)
+    weights = load_file(str(newest / ck.MODEL_FILE))
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, str(newest / ck.MODEL_FILE), metadata={"format": "pt"})
+    marker = json.loads((newest / ck.COMPLETE).read_text())  # as if written so: sizes and hashes agree
+    marker["files"][ck.MODEL_FILE] = (newest / ck.MODEL_FILE).stat().st_size
+    marker["sha256"][ck.MODEL_FILE] = ck._sha256(newest / ck.MODEL_FILE)
+    (newest / ck.COMPLETE).write_text(json.dumps(marker))
+    with pytest.raises(ck.CheckpointError, match=f"tensor {name} holds non-finite values"):
+        ck.load_model(run)
+    (newest / ck.MODEL_FILE).write_bytes(b"\xff" * 64)  # a broken safetensors header
+    marker["files"][ck.MODEL_FILE], marker["sha256"][ck.MODEL_FILE] = 64, ck._sha256(newest / ck.MODEL_FILE)
+    (newest / ck.COMPLETE).write_text(json.dumps(marker))
+    with pytest.raises(ck.CheckpointError, match="cannot be read as safetensors"):
+        ck.load_model(run)
+
+
+def test_a_damaged_validation_file_fails_before_the_first_step(corpus_dir, tmp_path):
+    from faceturn.store import Corpus
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, corpus)
+    store = Corpus(corpus)
+    victim = corpus / store.entry(store.ids("val")[0]).file
+    with open(victim, "r+b") as fh:
+        fh.truncate(victim.stat().st_size // 2)
+    run = tmp_path / "run"
+    with pytest.raises(CorpusError, match=victim.name):
+        train(_cfg(), corpus, run)
+    assert not run.exists() or not any(run.iterdir())  # nothing trained and lost, nothing left to refuse a rerun
+
+
+def test_a_diverging_run_is_a_one_line_error(corpus_dir, tmp_path, capsys):
+    from faceturn.cli import main
+
+    args = ["train", "--config", "aux", "--corpus", str(corpus_dir), "--out", str(tmp_path / "run")]
+    sets = [x for o in [*BASE, "optim.lr=1e12", "optim.warmup_steps=0"] for x in ("--set", o)]
+    assert main([*args, *sets]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the training loss became" in err[0] and "lower optim.lr" in err[0]
