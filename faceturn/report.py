@@ -334,6 +334,16 @@ def _headline_invalid(results: dict[str, Any]) -> list[Block]:
                  "below for why."), posthoc_table(results, norm)]  # fmt: skip
 
 
+def _warnings(obj: Any) -> list[str]:
+    """Every `warning` of the reported numbers (e.g. too few conversations for a meaningful CI)."""
+    if isinstance(obj, dict):
+        own = [obj["warning"]] if isinstance(obj.get("warning"), str) else []
+        return own + [w for v in obj.values() for w in _warnings(v)]
+    if isinstance(obj, list):
+        return [w for v in obj for w in _warnings(v)]
+    return []
+
+
 def build_report(results: dict[str, Any], stems: dict[str, str], media: list) -> list[Block]:
     study = results["study"]
     corpora = list(results["corpora"])
@@ -347,6 +357,10 @@ def build_report(results: dict[str, Any], stems: dict[str, str], media: list) ->
              "read from; the study's configuration is in `study.json`. Re-running the same command into a new folder "
              "reproduces them exactly."),
     ]  # fmt: skip
+    warnings = sorted(set(_warnings(results)))
+    if warnings:
+        blocks.append(Para("⚠ " + "; ".join(warnings) + ". Cells marked ⚠ come from too few conversations for their "
+                           "CI to mean much: read them as descriptive only."))  # fmt: skip
     blocks += _planted_section(results)
     blocks += [Heading("Headline"), Table(header, tuple(rows)), *_headline_invalid(results)]
     blocks += _recovery_section(results)

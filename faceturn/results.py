@@ -19,18 +19,21 @@ class Estimate:
     ci: tuple[float, float] | None = None  # 95 % percentile CI
     n: int | None = None  # conversations (bootstrap clusters) behind the CI
     source: str = ""  # the file it was read from, relative to the study folder
+    warning: str | None = None  # e.g. too few conversations for a meaningful CI (faceturn.stats.few_conversations)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Estimate:
         ci = data.get("ci")
         return cls(float(data["value"]), None if ci is None else (float(ci[0]), float(ci[1])), data.get("n"),
-                   data.get("source", ""))  # fmt: skip
+                   data.get("source", ""), data.get("warning"))  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"value": float(self.value), "ci": None if self.ci is None else [*map(float, self.ci)]}
         if self.n is not None:
             out["n"] = int(self.n)
         out["source"] = self.source
+        if self.warning:
+            out["warning"] = self.warning
         return out
 
     @property
@@ -43,14 +46,20 @@ def format_estimate(
     e: Estimate | Mapping[str, Any] | None, digits: int = 3, signed: bool = False, seed_sd: float | None = None
 ) -> str:
     """The one cell format: '0.812 [0.801, 0.823]' (signed: '+0.067 [+0.057, +0.076]'), with ', seed SD 0.004'
-    when the estimate averages training seeds; 'n/a' when absent."""
+    when the estimate averages training seeds, and ' ⚠' when it carries a warning (see `warning_lines`); 'n/a' when
+    absent."""
     if isinstance(e, Mapping):
         e = Estimate.from_json(e) if e.get("value") is not None else None
     if e is None:
         return "n/a"
     f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
     text = f.format(e.value) if e.ci is None else f"{f.format(e.value)} [{f.format(e.ci[0])}, {f.format(e.ci[1])}]"
-    return text + (f", seed SD {seed_sd:.3f}" if seed_sd is not None else "")
+    return text + (f", seed SD {seed_sd:.3f}" if seed_sd is not None else "") + (" ⚠" if e.warning else "")
+
+
+def warning_lines(warnings: Sequence[str]) -> list[str]:
+    """Footnotes for a table whose cells are marked ⚠."""
+    return ["", *(f"⚠ {w}: read the marked CIs as descriptive only." for w in warnings)] if warnings else []
 
 
 class Reading(StrEnum):

@@ -424,6 +424,35 @@ def _resampled_aucs(
 # bootstrap API
 
 
+MIN_CONVERSATIONS = 10  # below this many conversations a cluster-bootstrap CI is not meaningful (it under-covers)
+
+
+def few_conversations(n_conversations: int, minimum: int = MIN_CONVERSATIONS) -> str | None:
+    """The warning every table, JSON and report carries for a CI from fewer than `minimum` conversations."""
+    if n_conversations >= minimum:
+        return None
+    return f"too few conversations for a meaningful CI ({n_conversations} < {minimum})"
+
+
+def flag_few_conversations(result: Any, minimum: int = MIN_CONVERSATIONS) -> list[str]:
+    """Add `warning` to every block of a (nested) result that holds a conversation-clustered CI over fewer than
+    `minimum` conversations (`n_clusters`); returns the distinct warnings, for the tables' footnotes."""
+    found: list[str] = []
+    if isinstance(result, dict):
+        n = result.get("n_clusters")
+        if isinstance(n, int) and result.get("resampling", "conversation") == "conversation":
+            warning = few_conversations(n, minimum)
+            if warning:
+                result["warning"] = warning
+                found.append(warning)
+        for v in result.values():
+            found += [w for w in flag_few_conversations(v, minimum) if w not in found]
+    elif isinstance(result, list):
+        for v in result:
+            found += [w for w in flag_few_conversations(v, minimum) if w not in found]
+    return found
+
+
 def percentile_ci(values: np.ndarray, level: float) -> tuple[float, float]:
     """Percentile CI: the (1 − level)/2 and (1 + level)/2 quantiles of `values` (numpy's linear rule)."""
     lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])

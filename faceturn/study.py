@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,11 +28,13 @@ from faceturn.jobs import Job, run_jobs
 from faceturn.recipe import TrainConfig, load_train_config
 from faceturn.report import format_headline, write_report
 from faceturn.results import Estimate, GroupReading, format_estimate, format_reading, read_group
+from faceturn.stats import MIN_CONVERSATIONS
 from faceturn.store import Corpus
 from faceturn.synth import generate_corpus, load_preset
 from faceturn.synth.truth import planted_expectations
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "study"
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a corpus name becomes a folder name and part of run ids
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,11 @@ class CorpusSpec:
     synth: SynthSpec | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ValueError(f"corpus name must be a non-empty folder name, got {self.name!r}")
+        if not SAFE_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"corpus name {self.name!r} must be letters, digits, '_', '-' or '.' (it names folders and run ids), "
+                "starting with a letter or digit"
+            )
         if bool(self.path) == (self.synth is not None):
             raise ValueError(f"corpus {self.name!r}: give exactly one of path or synth")
 
@@ -73,6 +79,7 @@ class StudyConfig:
     split: str = "test"  # evaluation split of every model
     seed: int = 0  # bootstrap and label-control seed
     n_resamples: int = 2000  # conversation-cluster bootstrap resamples for every CI
+    min_conversations: int = MIN_CONVERSATIONS  # every CI from fewer conversations carries a warning
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     # step 2's model (yield_weight = 0): a whole train config, e.g. `[vanilla] inherit = "vanilla"` plus any fields
     vanilla: TrainConfig = field(default_factory=lambda: load_train_config("vanilla"))
@@ -89,6 +96,11 @@ class StudyConfig:
         if self.vanilla.loss.yield_weight != 0:
             raise ValueError(
                 f"vanilla.loss.yield_weight must be 0 (step 2's model), got {self.vanilla.loss.yield_weight}"
+            )
+        if not self.attribution.posthoc_norms:
+            raise ValueError(
+                "attribution.posthoc_norms is empty, but a study's report compares post-hoc zeroing with retraining; "
+                "name at least one encoder (layernorm, standardize)"
             )
         if self.aux.loss.yield_weight <= 0:
             raise ValueError(f"aux.loss.yield_weight must be > 0 (step 3's model), got {self.aux.loss.yield_weight}")
@@ -152,8 +164,9 @@ def study_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> lis
     end."""
     out_dir = Path(out_dir)
     vanilla = replace(cfg.vanilla, progress=False)
-    analyze = replace(cfg.analyze, seed=cfg.seed, resamples=cfg.n_resamples, split=cfg.split)
-    probe = replace(cfg.probe, seed=cfg.seed)
+    analyze = replace(cfg.analyze, seed=cfg.seed, resamples=cfg.n_resamples, split=cfg.split,
+                      min_conversations=cfg.min_conversations)  # fmt: skip
+    probe = replace(cfg.probe, seed=cfg.seed, min_conversations=cfg.min_conversations)
     save_json(analyze, out_dir / "configs/analyze.json")
     save_json(probe, out_dir / "configs/probe.json")
     first, last = [], []
@@ -221,7 +234,7 @@ def step3_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> lis
             "faceturn", "evaluate", "--pred", f"{run}/{PRED_NAME.format(split=cfg.split)}",
             "--val-pred", f"{run}/{PRED_NAME.format(split='val')}", "--corpus", str(Path(path).resolve()),
             "--split", cfg.split, "--out", f"step3/{name}", "--resamples", str(cfg.n_resamples),
-            "--seed", str(cfg.seed),
+            "--seed", str(cfg.seed), "--min-conversations", str(cfg.min_conversations),
         ),), out_dir, (Path(f"step3/{name}/results.json"),)))  # fmt: skip
     return jobs
 
@@ -230,39 +243,41 @@ def step3_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> lis
 RESULTS_FORMAT = "faceturn-study-results/2"
 
 
-def _ci(value: float, ci: list[float] | None, source: str, n: int | None = None) -> dict[str, Any]:
+def _ci(value: float, ci: list[float] | None, source: str, block: dict[str, Any]) -> dict[str, Any]:
     """One reported number as results.json holds it (`faceturn.results.Estimate`): value, 95 % CI, conversations
-    behind the CI, and the file (relative to the study folder) it was read from."""
-    return Estimate(value, None if ci is None else (ci[0], ci[1]), n, source).to_json()
+    behind the CI and the step's warning (both from the step's `block`), and the file (relative to the study folder)
+    it was read from."""
+    ci_pair = None if ci is None else (ci[0], ci[1])
+    return Estimate(value, ci_pair, block.get("n_clusters"), source, block.get("warning")).to_json()
 
 
 def _read_step1(out_dir: Path, name: str) -> dict[str, Any]:
     src = f"step1/{name}/probe.json"
     probe = json.loads((out_dir / src).read_text())
     block = {
-        "probe": _ci(probe["probes"]["all"]["auc"], probe["probes"]["all"]["ci"], src, probe["n_conversations"]),
-        "controls": {k: _ci(v["auc"], v["ci"], src, probe["n_conversations"]) for k, v in probe["controls"].items()},
+        "probe": _ci(probe["probes"]["all"]["auc"], probe["probes"]["all"]["ci"], src, probe["probes"]["all"]),
+        "controls": {k: _ci(v["auc"], v["ci"], src, v) for k, v in probe["controls"].items()},
         "only": {}, "without": {},
         "n_frames": probe["n_frames"], "n_conversations": probe["n_conversations"],
     }  # fmt: skip
     for key, v in probe["probes"].items():
         kind, _, group = key.partition(":")
         if group:
-            block[kind][group] = _ci(v["auc"], v["ci"], src, probe["n_conversations"])
+            block[kind][group] = _ci(v["auc"], v["ci"], src, v)
     return block
 
 
 def _read_step2(out_dir: Path, name: str) -> dict[str, Any]:
     src = f"step2/{name}/analysis.json"
     res = json.loads((out_dir / src).read_text())
-    block = {k: _ci(v["value"], v["ci"], src, v.get("n_clusters")) for k, v in res["prediction_change"].items()}
+    block = {k: _ci(v["value"], v["ci"], src, v) for k, v in res["prediction_change"].items()}
     probe = res["hidden_probe"]
-    block["hidden_probe_face"] = _ci(probe["auc"]["face"], probe["ci"]["face"], src)
-    block["hidden_probe_zeroed"] = _ci(probe["auc"]["zeroed"], probe["ci"]["zeroed"], src)
-    block["hidden_probe_delta"] = _ci(probe["delta"], probe["delta_ci"], src)
+    block["hidden_probe_face"] = _ci(probe["auc"]["face"], probe["ci"]["face"], src, probe)
+    block["hidden_probe_zeroed"] = _ci(probe["auc"]["zeroed"], probe["ci"]["zeroed"], src, probe)
+    block["hidden_probe_delta"] = _ci(probe["delta"], probe["delta_ci"], src, probe)
     for readout, g in res["readout_gain_ratio"].items():
         block[f"readout_gain_{readout}"] = (
-            _ci(g["value"], g["ci"], src) if g.get("value") is not None else {"value": None, "note": g["note"]}
+            _ci(g["value"], g["ci"], src, g) if g.get("value") is not None else {"value": None, "note": g["note"]}
         )
     block["n_scored_frames"] = res["n_scored_frames"]
     return block
@@ -277,17 +292,19 @@ def _read_step3(out_dir: Path, name: str) -> dict[str, Any]:
             block[part] = {"note": b["note"], "n_frames": b["n_frames"]}
             continue
         block[part] = {
-            "face": _ci(b["auc"]["face"], b["ci"]["face"], src, b["n_clusters"]),
-            "zeroed": _ci(b["auc"]["zeroed"], b["ci"]["zeroed"], src, b["n_clusters"]),
-            "delta": _ci(b["delta"], b["delta_ci"], src, b["n_clusters"]),
+            "face": _ci(b["auc"]["face"], b["ci"]["face"], src, b),
+            "zeroed": _ci(b["auc"]["zeroed"], b["ci"]["zeroed"], src, b),
+            "delta": _ci(b["delta"], b["delta_ci"], src, b),
             "n_frames": b["n_frames"], "n_conversations": b["n_clusters"],
         }  # fmt: skip
     ev = res["events"]
     for part in ("shift_hold", "shift_prediction"):
         b = ev[part]
         if "auc" in b:
-            block[part] = {c: _ci(b["auc"][c], b["ci"][c], src) for c in ("face", "zeroed")}
-            block[part]["n_events"] = b["n_frames"]
+            block[part] = {c: _ci(b["auc"][c], b["ci"][c], src, b) for c in ("face", "zeroed")}
+        else:  # too few events or conversations for an AUC: say so instead of a number
+            block[part] = {"note": b["note"]}
+        block[part]["n_events"] = b["n_frames"]
     for c, v in ev["shift_hold"].get("balanced_accuracy", {}).items():
         block["shift_hold"][f"balanced_accuracy_{c}"] = {"value": v["value"], "threshold_from_val":
                                                          v["threshold_from_val"], "source": src}  # fmt: skip
@@ -302,25 +319,24 @@ def _read_attribution(out_dir: Path) -> dict[str, Any]:
                            "reading": res["summary"]["reading"], "ranking": res["summary"]["ranking"]}  # fmt: skip
     for corpus, b in res["corpora"].items():
         c: dict[str, Any] = {
-            "full_auc": _ci(b["full_auc"]["auc"], b["full_auc"]["ci"], src),
-            "groups": {g: {**_ci(v["delta"], v["delta_ci"], src, v.get("n_clusters")), "seed_sd": v["seed_sd"],
+            "full_auc": _ci(b["full_auc"]["auc"], b["full_auc"]["ci"], src, b["full_auc"]),
+            "groups": {g: {**_ci(v["delta"], v["delta_ci"], src, v), "seed_sd": v["seed_sd"],
                            "zeroed_by_default": v["zeroed_by_default"]} for g, v in b["groups"].items()},
         }  # fmt: skip
         for g, v in b["groups"].items():
             if v["zeroed_by_default"]:  # 0 by construction; the measured number is the model with it added back
                 a = v["added_back"]
-                c["groups"][g]["added_back"] = {**_ci(a["delta"], a["delta_ci"], src, a["n_clusters"]),
+                c["groups"][g]["added_back"] = {**_ci(a["delta"], a["delta_ci"], src, a),
                                                 "seed_sd": a["seed_sd"]}  # fmt: skip
         if "audio_only" in b:
-            c["audio_only"] = _ci(b["audio_only"]["delta"], b["audio_only"]["delta_ci"], src,
-                                  b["audio_only"]["n_clusters"])  # fmt: skip
+            c["audio_only"] = _ci(b["audio_only"]["delta"], b["audio_only"]["delta_ci"], src, b["audio_only"])
         c["posthoc"] = {
             norm: {
                 "valid": False,
                 "seeds": p["seeds"],
-                "groups": {g: {**_ci(v["delta"], v["delta_ci"], src), "valid": v["valid"]}
+                "groups": {g: {**_ci(v["delta"], v["delta_ci"], src, v), "valid": v["valid"]}
                            for g, v in p["groups"].items()},
-                "retrained": {g: {**_ci(v["delta"], v["delta_ci"], src), "auc_with": v["reference_auc"],
+                "retrained": {g: {**_ci(v["delta"], v["delta_ci"], src, v), "auc_with": v["reference_auc"],
                                   "auc_without": v["other_auc"]} for g, v in p["retrained"].items()},
             }
             for norm, p in b["posthoc"].items()

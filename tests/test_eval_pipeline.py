@@ -10,7 +10,7 @@ import pytest
 from faceturn.cli import main
 from faceturn.errors import FaceturnError
 from faceturn.eval.analyze import AnalyzeConfig, analyze
-from faceturn.eval.evaluate import check_predictions, evaluate_predictions, frame_metrics
+from faceturn.eval.evaluate import check_predictions, evaluate_predictions, format_results, frame_metrics
 from faceturn.eval.predict import Predictions, predict, predict_zero_sets, window_starts
 from faceturn.labels import turn_labels
 from faceturn.recipe import load_train_config
@@ -88,6 +88,13 @@ def test_round_trip_and_evaluate(tmp_path, trained, predictions):
     assert block["n_clusters"] == len(pred.meta["conversations"])
     assert res["frames"]["self_holds"]["n_frames"] + res["frames"]["interlocutor_holds"]["n_frames"] == scored.sum()
     assert "shift_hold" in res["events"] and "shift_prediction" in res["events"]
+    # CIs from fewer conversations than the minimum say they are not meaningful, in the JSON and the table
+    n = block["n_clusters"]
+    flagged = evaluate_predictions(pred, n_resamples=50, min_conversations=n + 1)
+    assert flagged["warnings"][0] == f"too few conversations for a meaningful CI ({n} < {n + 1})"
+    assert flagged["frames"]["all"]["warning"] == flagged["warnings"][0] and "⚠" in format_results(flagged)
+    unflagged = evaluate_predictions(pred, n_resamples=50, min_conversations=n)
+    assert "warning" not in unflagged["frames"]["all"]  # events from fewer conversations keep theirs
     out = tmp_path / "eval"
     assert main(["evaluate", "--pred", str(path), "--corpus", str(corpus), "--split", split, "--out", str(out),
                  "--resamples", "100"]) == 0  # fmt: skip
@@ -99,7 +106,7 @@ def test_evaluate_refuses_mismatched_or_broken_predictions(tmp_path, trained, pr
     other = "train" if split != "train" else "val"
     with pytest.raises(ValueError, match=f"for split '{split}', not '{other}'"):
         check_predictions(predictions, corpus=corpus, split=other)
-    with pytest.raises(ValueError, match="for corpus"):
+    with pytest.raises(ValueError, match="manifest not found"):  # not a corpus: nothing to pair the file with
         check_predictions(predictions, corpus=tmp_path, split=split)
     first = predictions.conversation == 0
     partial = Predictions(meta=predictions.meta, **{k: getattr(predictions, k)[~first] for k in (

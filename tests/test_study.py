@@ -16,6 +16,8 @@ from faceturn.results import read_group
 from faceturn.study import recovery_checks
 from faceturn.synth.truth import planted_expectations
 
+HOSTILE = "st;dy $(touch X) `touch Y` 'q\" é"  # a study folder name a shell would execute
+
 MICRO_STUDY = """
 name = "micro"
 split = "test"
@@ -68,8 +70,12 @@ def write_micro_study(path: Path) -> Path:
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     config = write_micro_study(root / "micro.toml")
-    out = root / "out"
+    # every path of the study holds shell syntax, quotes and unicode: the jobs are argv lists, nothing is executed
+    out = root / HOSTILE
+    before = sorted(p.name for p in root.iterdir())
     assert main(["study", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in root.iterdir()) == sorted([*before, HOSTILE])  # nothing else appeared
+    assert not any((root / x).exists() or (out / x).exists() for x in ("PWNED", "X", "Y"))
     return config, out
 
 
@@ -249,3 +255,18 @@ def test_demo_seed_sets_every_seed_of_the_shipped_study():
     assert moved.attribution.seeds == tuple(range(5, 5 + k))
     assert moved.vanilla.seed == moved.vanilla.data.seed == 5 and moved.aux == cfg.aux
     assert reseed(cfg, 0).attribution.seeds == cfg.attribution.seeds  # the shipped config is the demo's seed 0
+
+
+def test_corpus_names_that_become_folders_are_identifiers_and_reports_need_posthoc(tmp_path, capsys):
+    """A corpus name names folders and run ids: shell syntax there is refused with the key named, before any work; a
+    study without any post-hoc encoder could not write its report, so it is refused before any work too."""
+    for bad in ("c;cd ..;touch PWNED;echo", "c$(touch X)", "a b", "../up", "é"):
+        config = write_micro_study(tmp_path / "bad.toml")
+        config.write_text(config.read_text().replace('name = "tight"', f"name = {json.dumps(bad)}"))
+        assert main(["study", "--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+        assert "must be letters, digits" in capsys.readouterr().err
+    config = write_micro_study(tmp_path / "no-posthoc.toml")
+    config.write_text(config.read_text().replace('posthoc_norms = ["standardize"]', "posthoc_norms = []"))
+    assert main(["study", "--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "attribution.posthoc_norms is empty" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "PWNED").exists()

@@ -30,7 +30,13 @@ from sklearn.preprocessing import StandardScaler
 
 from faceturn.checkpoint import load_model, resolve_checkpoint
 from faceturn.data import WindowDataset, validation_batches, validation_windows
-from faceturn.stats import cluster_bootstrap_ratio, paired_cluster_bootstrap
+from faceturn.results import Estimate, format_estimate, warning_lines
+from faceturn.stats import (
+    MIN_CONVERSATIONS,
+    cluster_bootstrap_ratio,
+    flag_few_conversations,
+    paired_cluster_bootstrap,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class AnalyzeConfig:
     resamples: int = 2000
     seed: int = 0
     batch_size: int = 16
+    min_conversations: int = MIN_CONVERSATIONS  # CIs from fewer conversations carry a warning
 
 
 def _readouts(model) -> dict[str, torch.Tensor]:
@@ -109,9 +116,11 @@ def _probe_auc(train: dict, test: dict, key: str, stride: int, seed: int):
     return model.predict_proba(test[key])[:, 1]
 
 
-def analyze(run: str | Path, corpus: str | Path, config: AnalyzeConfig = AnalyzeConfig()) -> dict[str, Any]:
+def analyze(
+    run: str | Path, corpus: str | Path, config: AnalyzeConfig = AnalyzeConfig(), *, allow_older: bool = False
+) -> dict[str, Any]:
     """All step-2 measurements of one trained model on one corpus; a JSON-ready dict."""
-    ckpt = resolve_checkpoint(run)
+    ckpt = resolve_checkpoint(run, allow_older=allow_older)
     model, train_cfg = load_model(ckpt)
     readouts = _readouts(model)
     rng = np.random.default_rng(config.seed)
@@ -155,7 +164,7 @@ def analyze(run: str | Path, corpus: str | Path, config: AnalyzeConfig = Analyze
         gain_rand = ev[f"gain_{name}_random"][moved] / ev["norm_random"][moved]
         readout_gain[name] = cluster_bootstrap_ratio(gain_face, gain_rand, ev["h_conv"][moved], **boot)
         readout_gain[name].update({"gain_face": float(gain_face.mean()), "gain_random": float(gain_rand.mean())})
-    return {
+    res = {
         "checkpoint": str(ckpt.resolve()),
         "corpus": str(Path(corpus).resolve()),
         "yield_weight": train_cfg.loss.yield_weight,
@@ -166,25 +175,29 @@ def analyze(run: str | Path, corpus: str | Path, config: AnalyzeConfig = Analyze
         "hidden_probe": probe.to_dict(),
         "readout_gain_ratio": readout_gain,
     }
+    res["warnings"] = flag_few_conversations(res, config.min_conversations)
+    return res
 
 
 def format_analysis(res: dict[str, Any]) -> str:
+    def cell(value: float, ci, block: dict[str, Any], digits: int, signed: bool = False) -> str:
+        return format_estimate(Estimate(value, tuple(ci), warning=block.get("warning")), digits, signed)
+
     lines = [
         f"Step 2 on {res['corpus']} ({res['config']['split']} split), model yield_weight={res['yield_weight']}",
         "",
-        "| measure | value | 95% CI |",
-        "|---|---|---|",
+        "| measure | value [95% CI] |",
+        "|---|---|",
     ]
     for k, v in res["prediction_change"].items():
-        lines.append(f"| {k} | {v['value']:+.5f} | [{v['ci'][0]:+.5f}, {v['ci'][1]:+.5f}] |")
+        lines.append(f"| {k} | {cell(v['value'], v['ci'], v, 5, True)} |")
     p = res["hidden_probe"]
     for c, label in (("face", "present"), ("zeroed", "zeroed")):
-        lines.append(f"| hidden-state yield probe AUC, face {label} | {p['auc'][c]:.3f} | "
-                     f"[{p['ci'][c][0]:.3f}, {p['ci'][c][1]:.3f}] |")  # fmt: skip
-    lines.append(f"| hidden-state probe ΔAUC (face − zeroed) | {p['delta']:+.3f} | "
-                 f"[{p['delta_ci'][0]:+.3f}, {p['delta_ci'][1]:+.3f}] |")  # fmt: skip
+        lines.append(f"| hidden-state yield probe AUC, face {label} | {cell(p['auc'][c], p['ci'][c], p, 3)} |")
+    lines.append(f"| hidden-state probe ΔAUC (face − zeroed) | {cell(p['delta'], p['delta_ci'], p, 3, True)} |")
     for name, g in res["readout_gain_ratio"].items():
         if g.get("value") is not None:
-            ci = f"[{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]"
-            lines.append(f"| {name} readout-gain ratio (face Δh vs random directions) | {g['value']:.3f} | {ci} |")
-    return "\n".join(lines)
+            lines.append(
+                f"| {name} readout-gain ratio (face Δh vs random directions) | {cell(g['value'], g['ci'], g, 3)} |"
+            )
+    return "\n".join(lines + warning_lines(res.get("warnings", [])))

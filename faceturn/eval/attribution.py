@@ -48,9 +48,10 @@ from faceturn.results import (
     groups_reading,
     read_group,
     robust_groups,
+    warning_lines,
 )
 from faceturn.schema import GROUP_NAMES, group_indices
-from faceturn.stats import paired_delta_over_seeds
+from faceturn.stats import MIN_CONVERSATIONS, flag_few_conversations, paired_delta_over_seeds
 
 PLAN_FORMAT = "faceturn-attribution-plan/3"
 PRED_NAME = "pred-{split}.npz"  # inside each run folder; post-hoc files add `.posthoc-GROUP`
@@ -352,6 +353,7 @@ def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = 
             block["posthoc"][norm] = {"reference": references, "seeds": posthoc_seeds, "groups": rows,
                                       "retrained": retrained}  # fmt: skip
         per_corpus[corpus] = block
+    warnings = flag_few_conversations(per_corpus, study.get("min_conversations", MIN_CONVERSATIONS))
     summary = _cross_corpus(per_corpus, att["groups"])
     results = {
         "format": "faceturn-attribution-results/1",
@@ -363,6 +365,7 @@ def collect(study_dir: Path, n_resamples: int | None = None, seed: int | None = 
         "seeds": seeds,
         "corpora": per_corpus,
         "summary": summary,
+        "warnings": warnings,
         "study": study,
     }
     atomic_write_json(study_dir / "results.json", results)
@@ -385,7 +388,7 @@ def _cross_corpus(per_corpus: dict[str, Any], groups: Sequence[str]) -> dict[str
 
 
 def _as_estimate(block: dict[str, Any]) -> Estimate:
-    return Estimate(block["delta"], tuple(block["delta_ci"]))
+    return Estimate(block["delta"], tuple(block["delta_ci"]), warning=block.get("warning"))
 
 
 def _ci(block: dict[str, Any]) -> str:
@@ -440,7 +443,7 @@ def format_attribution(res: dict[str, Any], part: str = "all") -> str:
     lines.append("| *AUC of the full model* | " + " | ".join(cells) + " | |")
     lines += ["", "Ranking per corpus: " + "; ".join(f"{c}: {' > '.join(r)}" for c, r in
                                                      res["summary"]["ranking"].items())]  # fmt: skip
-    lines += ["", _verdict_sentences(res)]
+    lines += ["", _verdict_sentences(res), *warning_lines(res.get("warnings", []))]
     retrain, posthoc = lines, []
     first = next(iter(res["corpora"].values()))
     for norm in first["posthoc"]:

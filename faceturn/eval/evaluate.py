@@ -20,7 +20,14 @@ from faceturn.config import from_dict
 from faceturn.errors import FaceturnError
 from faceturn.eval.predict import Predictions
 from faceturn.labels import EventConfig, turn_labels
-from faceturn.stats import balanced_accuracy_at, best_threshold, paired_cluster_bootstrap
+from faceturn.results import Estimate, format_estimate, warning_lines
+from faceturn.stats import (
+    MIN_CONVERSATIONS,
+    balanced_accuracy_at,
+    best_threshold,
+    flag_few_conversations,
+    paired_cluster_bootstrap,
+)
 from faceturn.store import Corpus
 
 CONDITIONS = ("face", "zeroed")
@@ -31,8 +38,8 @@ def check_predictions(pred: Predictions, *, corpus: str | Path | None = None, sp
     without the face-zeroed predictions."""
     meta = pred.meta
     pred.require_zeroed("evaluate (face vs zeroed)")
-    if corpus is not None and Path(meta["corpus"]) != Path(corpus).resolve():
-        raise FaceturnError(f"predictions are for corpus {meta['corpus']}, not {Path(corpus).resolve()}")
+    if corpus is not None:
+        pred.corpus_root(corpus)  # the corpus it was made from (same manifest fingerprint), wherever it is now
     if split is not None and meta["split"] != split:
         raise FaceturnError(f"predictions are for split {meta['split']!r}, not {split!r}")
     if corpus is not None:
@@ -45,9 +52,33 @@ def check_predictions(pred: Predictions, *, corpus: str | Path | None = None, sp
             )
 
 
+def check_validation(val: Predictions, pred: Predictions) -> None:
+    """The event metrics' threshold is chosen on `val`: predictions of the same checkpoint on the same corpus, of the
+    run's validation split (never the split being evaluated). Anything else is refused naming both files."""
+    val_split = pred.meta.get("train_config", {}).get("data", {}).get("val_split", "val")
+    vs, ps = val.meta["split"], pred.meta["split"]
+    if vs == ps or vs != val_split:
+        raise FaceturnError(
+            f"{val.label}: --val-pred holds the {vs!r} split, not the run's validation split {val_split!r} "
+            f"({pred.label} is the {ps!r} split): the threshold must be chosen on validation predictions"
+        )
+    if val.meta["corpus_fingerprint"] != pred.meta["corpus_fingerprint"]:
+        raise FaceturnError(
+            f"{val.label}: --val-pred was made from corpus {val.meta['corpus']}, {pred.label} from "
+            f"{pred.meta['corpus']} (their manifests differ)"
+        )
+    if val.meta.get("checkpoint") != pred.meta.get("checkpoint"):
+        raise FaceturnError(
+            f"{val.label}: --val-pred was made by checkpoint {val.meta.get('checkpoint')}, {pred.label} by "
+            f"{pred.meta.get('checkpoint')}: the threshold must come from the same model"
+        )
+
+
 def _auc_block(y, scores: dict[str, np.ndarray], clusters, n_resamples: int, seed: int) -> dict[str, Any]:
     if y.size == 0 or y.min() == y.max():
         return {"n_frames": int(y.size), "n_positive": int(y.sum()), "note": "no positives or no negatives"}
+    if np.unique(clusters).size < 2:  # a conversation-cluster CI needs at least two conversations
+        return {"n_frames": int(y.size), "n_positive": int(y.sum()), "note": "events from fewer than 2 conversations"}
     return paired_cluster_bootstrap(y, scores, clusters, n_resamples=n_resamples, seed=seed).to_dict()
 
 
@@ -75,10 +106,11 @@ def _event_config(pred: Predictions) -> EventConfig:
     return from_dict(EventConfig, pred.meta["train_config"]["labels"])
 
 
-def event_scores(pred: Predictions, corpus: str | Path) -> dict[str, np.ndarray]:
-    """Per (event, perspective) scores of the VAP events of every conversation in the prediction file."""
+def event_scores(pred: Predictions, corpus: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Per (event, perspective) scores of the VAP events of every conversation in the prediction file, from the
+    voice activity of the corpus it was made from (`corpus`, default: the one it names; checked by fingerprint)."""
     cfg = _event_config(pred)
-    store = Corpus(corpus)
+    store = Corpus(pred.corpus_root(corpus))
     rows: dict[str, list] = {k: [] for k in ("conversation", "is_shift", "balanced", "bin", "spred", "spred_balanced")}
     rows.update({f"{kind}_{c}": [] for kind in ("sh", "spred") for c in CONDITIONS})
     order = np.lexsort((pred.frame, pred.perspective, pred.conversation))
@@ -109,9 +141,16 @@ def event_scores(pred: Predictions, corpus: str | Path) -> dict[str, np.ndarray]
 
 
 def event_metrics(
-    pred: Predictions, corpus: str | Path, val: Predictions | None = None, n_resamples: int = 2000, seed: int = 0
+    pred: Predictions,
+    corpus: str | Path | None,
+    val: Predictions | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Shift/hold AUC and balanced accuracy (threshold from `val`), S-pred AUC, shift/hold AUC per silence bin."""
+    """Shift/hold AUC and balanced accuracy (threshold from `val`, which `check_validation` vets), S-pred AUC,
+    shift/hold AUC per silence bin."""
+    if val is not None:
+        check_validation(val, pred)
     ev = event_scores(pred, corpus)
     out: dict[str, Any] = {}
     sel = ev["balanced"]
@@ -120,7 +159,7 @@ def event_metrics(
         y, {c: ev[f"sh_{c}"][sel] for c in CONDITIONS}, ev["conversation"][sel], n_resamples, seed
     )
     if val is not None and y.size and y.min() != y.max():
-        ev_val = event_scores(val, val.meta["corpus"])
+        ev_val = event_scores(val, corpus)  # the same corpus (check_validation)
         vsel = ev_val["balanced"]
         out["shift_hold"]["balanced_accuracy"] = {}
         for c in CONDITIONS:
@@ -148,33 +187,42 @@ def event_metrics(
 
 
 def evaluate_predictions(
-    pred: Predictions, *, val: Predictions | None = None, n_resamples: int = 2000, seed: int = 0
+    pred: Predictions,
+    *,
+    val: Predictions | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    min_conversations: int = MIN_CONVERSATIONS,
+    corpus: str | Path | None = None,
 ) -> dict[str, Any]:
-    """results.json content: frame metrics, event metrics, provenance."""
+    """results.json content: frame metrics, event metrics, provenance. A CI over fewer than `min_conversations`
+    conversations carries a warning (in its block, in `warnings` and in the tables). The events are read from
+    `corpus` (default: the one the file names), which must be the corpus the predictions were made from."""
     keys = ("corpus", "split", "checkpoint", "zero_groups", "eval_zero_groups", "valid", "yield_weight")
-    return {
+    res = {
         "predictions": {k: pred.meta.get(k) for k in keys},
         "valid": pred.meta.get("valid", True),  # False: groups zeroed post hoc, never seen zeroed in training
         "n_resamples": n_resamples,
         "seed": seed,
         "frames": frame_metrics(pred, n_resamples, seed),
-        "events": event_metrics(pred, pred.meta["corpus"], val, n_resamples, seed),
+        "events": event_metrics(pred, corpus, val, n_resamples, seed),
         "train_config": pred.meta["train_config"],
     }
+    res["warnings"] = flag_few_conversations(res, min_conversations)
+    return res
 
 
 def _fmt(block: dict[str, Any], cond: str) -> str:
     if "auc" not in block:
         return "n/a"
-    lo, hi = block["ci"][cond]
-    return f"{block['auc'][cond]:.3f} [{lo:.3f}, {hi:.3f}]"
+    return format_estimate(Estimate(block["auc"][cond], tuple(block["ci"][cond]), warning=block.get("warning")))
 
 
 def _fmt_delta(block: dict[str, Any]) -> str:
     if block.get("delta") is None:
         return "n/a"
-    lo, hi = block["delta_ci"]
-    return f"{block['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    delta = Estimate(block["delta"], tuple(block["delta_ci"]), warning=block.get("warning"))
+    return format_estimate(delta, signed=True)
 
 
 def format_results(res: dict[str, Any]) -> str:
@@ -209,4 +257,4 @@ def format_results(res: dict[str, Any]) -> str:
     if ba:
         parts = [f"{c} {v['value']:.3f} (threshold {v['threshold_from_val']:.3f} from val)" for c, v in ba.items()]
         lines += ["", "Shift/hold balanced accuracy: " + "; ".join(parts)]
-    return "\n".join(lines)
+    return "\n".join(lines + warning_lines(res.get("warnings", [])))

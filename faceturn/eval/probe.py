@@ -22,8 +22,15 @@ from tqdm import tqdm
 
 from faceturn.errors import CorpusError
 from faceturn.labels import EventConfig, turn_labels
+from faceturn.results import Estimate, format_estimate, warning_lines
 from faceturn.schema import FACE_GROUPS, N_FACE, group_indices
-from faceturn.stats import circular_shift_labels, paired_cluster_bootstrap, shuffled_labels
+from faceturn.stats import (
+    MIN_CONVERSATIONS,
+    circular_shift_labels,
+    flag_few_conversations,
+    paired_cluster_bootstrap,
+    shuffled_labels,
+)
 from faceturn.store import Corpus
 from faceturn.timebase import duration_to_frames
 
@@ -38,6 +45,7 @@ class ProbeConfig:
     resamples: int = 1000  # cluster-bootstrap resamples for the CIs
     seed: int = 0
     split: str = "all"  # corpus split to probe ("all" = every conversation)
+    min_conversations: int = MIN_CONVERSATIONS  # CIs from fewer conversations carry a warning
 
     @property
     def window_frames(self) -> int:
@@ -106,7 +114,8 @@ def out_of_fold_scores(
 
 def _auc_with_ci(y, scores, groups, config: ProbeConfig) -> dict[str, Any]:
     res = paired_cluster_bootstrap(y, {"auc": scores}, groups, n_resamples=config.resamples, seed=config.seed)
-    return {"auc": res.auc["auc"], "ci": list(res.ci["auc"]), "n_frames": res.n_frames, "n_positive": res.n_positive}
+    return {"auc": res.auc["auc"], "ci": list(res.ci["auc"]), "n_frames": res.n_frames, "n_positive": res.n_positive,
+            "n_clusters": res.n_clusters}  # fmt: skip
 
 
 def run_probe(
@@ -133,7 +142,7 @@ def run_probe(
     for name, y_ctrl in controls.items():
         scores = out_of_fold_scores(data.windows, y_ctrl, g, all_channels, config)
         control_results[name] = _auc_with_ci(y_ctrl, scores, g, config)
-    return {
+    out = {
         "config": asdict(config),
         "corpus": str(corpus.root),
         "n_conversations": int(np.unique(g).size),
@@ -142,6 +151,8 @@ def run_probe(
         "probes": results,
         "controls": control_results,
     }
+    out["warnings"] = flag_few_conversations(out, config.min_conversations)
+    return out
 
 
 def format_probe(result: dict) -> str:
@@ -150,10 +161,10 @@ def format_probe(result: dict) -> str:
         f"Face probe on {result['corpus']}: {result['n_conversations']} conversations, {result['n_frames']} frames, "
         f"{100 * result['positive_rate']:.1f}% positive",
         "",
-        "| probe | AUC | 95% CI |",
-        "|---|---|---|",
+        "| probe | AUC [95% CI] |",
+        "|---|---|",
     ]
     rows = list(result["probes"].items()) + [(f"control:{k}", v) for k, v in result["controls"].items()]
     for key, r in rows:
-        lines.append(f"| {key} | {r['auc']:.3f} | [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] |")
-    return "\n".join(lines)
+        lines.append(f"| {key} | {format_estimate(Estimate(r['auc'], tuple(r['ci']), warning=r.get('warning')))} |")
+    return "\n".join(lines + warning_lines(result.get("warnings", [])))
