@@ -20,6 +20,7 @@ No RNG state is stored: nothing in training draws from a global generator's hist
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -71,6 +72,14 @@ def _fsync_file(path: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
+    """The file's sha256; remembered per (path, size, mtime), so finding a run's newest checkpoint and then loading
+    it does not read a 15 GB weight file twice."""
+    st = Path(path).stat()
+    return _sha256_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 22):
