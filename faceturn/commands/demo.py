@@ -1,5 +1,6 @@
 """`faceturn demo`: the main job. Generates the two synthetic corpora (`tight`, MultiDialog-like face crops; `wide`,
-Seamless-like full-body framing; with waveforms) and runs the whole study on them at `tiny` scale on the CPU: step 1
+Seamless-like full-body framing; without waveform files: the viewer pages and videos regenerate the sound of what
+they show from the generator's seed) and runs the whole study on them at `tiny` scale on the CPU: step 1
 (face probe), step 2 (vanilla LM analyses), step 3 (aux model, face vs zeroed), leave-one-group-out attribution by
 retraining with the labelled-invalid post-hoc table, the cross-corpus summary, figures, viewer pages and videos.
 
