@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from faces import valid_face
 
 from faceturn import store
 from faceturn.schema import (
@@ -15,26 +16,11 @@ from faceturn.schema import (
     FACE_CHANNELS,
     FACE_GROUPS,
     GAZE,
-    HEAD_ROTATION,
-    HEAD_TRANSLATION,
-    gaze_vector,
 )
 from faceturn.store import Conversation, Corpus, CorpusError, CorpusWriter, ManifestEntry
 from faceturn.timebase import n_frames_for, voiced_fraction
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def valid_face(rng: np.random.Generator, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random A61 faces within the schema's ranges, zeros where the face is absent: (face, face_present)."""
-    face = np.zeros((2, n_frames, 61), np.float32)
-    face[..., :52] = rng.random((2, n_frames, 52))
-    face[..., [CHANNEL_INDEX[c] for c in HEAD_ROTATION]] = rng.normal(0, 0.3, (2, n_frames, 3))
-    face[..., [CHANNEL_INDEX[c] for c in HEAD_TRANSLATION]] = rng.normal(0, 40, (2, n_frames, 3))
-    face[..., [CHANNEL_INDEX[c] for c in GAZE]] = gaze_vector(*rng.normal(0, 0.3, (2, 2, n_frames)))
-    present = (rng.random((2, n_frames)) < 0.9).astype(np.uint8)
-    face[present == 0] = 0
-    return face.astype(np.float16), present
 
 
 def make_conv(conv_id: str, n_frames: int = 40, seed: int = 0) -> Conversation:
