@@ -1,4 +1,4 @@
-"""`faceturn prepare {seamless,multidialog,livelink}`: real recordings → a corpus on the 12.5 Hz grid.
+"""`faceturn prepare {seamless,multidialog,livelink,recordings}`: real recordings → a corpus on the 12.5 Hz grid.
 
 Every setting of `faceturn.prep` (Mimi, face, text, Silero, and the corpus' own) can be overridden with
 `--set key=value`, type-checked: keys of the shared settings (`face.crop_margin=0.6`, `mimi.chunk_s=10`,
@@ -17,7 +17,7 @@ from faceturn.commands._args import add_device, add_jobs, add_out, add_progress,
 from faceturn.config import apply_overrides
 from faceturn.errors import CorpusError
 from faceturn.io import CORPUS_FOLDER, check_output_dir
-from faceturn.prep import livelink, multidialog, seamless
+from faceturn.prep import livelink, multidialog, recordings, seamless
 from faceturn.prep.audio_tokens import MimiSettings
 from faceturn.prep.face import FaceSettings
 from faceturn.prep.pipeline import PrepSettings, run_jobs
@@ -80,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ll = sub.add_parser("livelink", help="your recordings: <root>/<id>/<name>.wav + Live Link Face <name>.csv")
     _common(ll)
     ll.add_argument("--timecode-fps", type=float, default=60.0, help="frame base of the takes' timecodes")
+    rec = sub.add_parser("recordings", help="your recordings: <root>/<id>/<name>.wav (+ <name>.mp4/mkv/... video)")
+    _common(rec)
 
 
 def _split_overrides(items: list[str], prep_cls: type) -> tuple[list[str], list[str]]:
@@ -125,9 +127,11 @@ def run(args: argparse.Namespace) -> int:
             official_splits=official,
         )
         need_face = bool(args.video_root)
-    else:
+    elif args.corpus == "livelink":
         corpus = livelink.LiveLinkSettings(timecode_fps=args.timecode_fps)
         need_face = False
+    else:
+        corpus = recordings.RecordingsSettings()
     prep_over, corpus_over = _split_overrides(args.overrides, PrepSettings)
     prep = apply_overrides(prep, prep_over)
     corpus = apply_overrides(corpus, corpus_over)
@@ -136,8 +140,11 @@ def run(args: argparse.Namespace) -> int:
     elif args.corpus == "multidialog":
         jobs = multidialog.jobs_from_root(args.root, args.out, corpus, progress=prep.progress)
         framing = corpus.framing if corpus.video_root else "none"
-    else:
+    elif args.corpus == "livelink":
         jobs, framing = livelink.jobs_from_root(args.root, corpus), corpus.framing
+    else:
+        jobs, framing = recordings.jobs_from_root(args.root, corpus), corpus.framing
+        need_face = any(j.videos for j in jobs)
     summary = run_jobs(jobs, args.out, args.corpus, framing, prep, describe=f"prepare {args.corpus}",
                        need_face=need_face)  # fmt: skip
     return 1 if summary["internal_errors"] else 0

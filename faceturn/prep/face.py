@@ -358,6 +358,38 @@ def _assemble(n_frames: int, found: dict[int, tuple], settings: FaceSettings) ->
     return face, present
 
 
+class FaceFollower:
+    """One video's landmarker and crop tracker, fed grid frame after grid frame: `prepare` runs it over a file, the
+    live listener over frames as they arrive, so both see the same calls in the same order and give the same faces."""
+
+    def __init__(self, lm: Any, settings: FaceSettings, prior_boxes: np.ndarray | None = None):
+        self.lm, self.settings = lm, settings
+        self.tracker = CropTracker(settings, prior_boxes)
+
+    def landmarks(self, k: int, rgb: np.ndarray) -> tuple | None:
+        """(blendshapes [52], matrix [4, 4], eye points [10, 2] px) of the face in grid frame k's image, or None."""
+        tracker = self.tracker
+        h, w = rgb.shape[:2]
+        face = _face_in(self.lm, rgb, tracker.crop_for(k, rgb), _grid_ms(k))
+        if face is None:
+            tracker.observe(None, w, h)
+            if tracker.redetect(rgb):  # timestamps must increase: the retry is 1 ms later, still before k + 1
+                face = _face_in(self.lm, rgb, tracker.crop, _grid_ms(k) + 1)
+        tracker.count()
+        if face is None:
+            return None
+        tracker.observe(face[3], w, h)
+        return face[:3]
+
+    def info(self) -> dict:
+        return {"crop_frames": dict(sorted(self.tracker.sources.items())), "detector_runs": self.tracker.detector_runs}
+
+
+def a61_of(landmarks: tuple, settings: FaceSettings) -> np.ndarray:
+    """One frame's A61 [61] float32 from `FaceFollower.landmarks`."""
+    return a61_from_landmarker(*(a[None] for a in landmarks), settings)[0]
+
+
 def extract_face_track(
     video: str | Path, n_frames: int, settings: FaceSettings, prior_boxes: np.ndarray | None = None
 ) -> FaceTrack:
@@ -365,28 +397,20 @@ def extract_face_track(
 
     `prior_boxes` [n_frames, 4] are face boxes from the corpus (NaN where unknown), used to crop.
     """
-    tracker = CropTracker(settings, prior_boxes)
     found: dict[int, tuple] = {}
     missing_video = 0
     with landmarker(settings) as lm:
+        follower = FaceFollower(lm, settings, prior_boxes)
         for k, rgb in grid_video_frames(video, n_frames, settings.tolerance_s):
             if rgb is None:
                 missing_video += 1
                 continue
-            h, w = rgb.shape[:2]
-            face = _face_in(lm, rgb, tracker.crop_for(k, rgb), _grid_ms(k))
-            if face is None:
-                tracker.observe(None, w, h)
-                if tracker.redetect(rgb):  # timestamps must increase: the retry is 1 ms later, still before k + 1
-                    face = _face_in(lm, rgb, tracker.crop, _grid_ms(k) + 1)
-            tracker.count()
+            face = follower.landmarks(k, rgb)
             if face is not None:
-                found[k] = face[:3]
-                tracker.observe(face[3], w, h)
+                found[k] = face
     face, present = _assemble(n_frames, found, settings)
     info = {
-        "crop_frames": dict(sorted(tracker.sources.items())),
-        "detector_runs": tracker.detector_runs,
+        **follower.info(),
         "grid_frames_without_video": missing_video,
         "face_present_fraction": float(present.mean()) if n_frames else 0.0,
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -147,26 +148,111 @@ def resample(wave: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
     return resample_poly(np.asarray(wave, dtype=np.float64), to_hz // g, from_hz // g).astype(np.float32)
 
 
+class StreamingResampler:
+    """`resample` of a signal that arrives in pieces: the concatenated output equals `resample` of the whole signal
+    (the same polyphase filter, tested to float32 precision) at any chunk sizes.
+
+    Why it can: output sample n of a polyphase resampler depends only on inputs within the filter's half-length of
+    n·down/up. Each push recomputes `resample` on the inputs kept since a point aligned to `down` (so output indices
+    line up) and at least two half-lengths back, and emits the outputs whose inputs have all arrived; `flush` ends
+    the signal with the zeros `resample` assumes past it. The delay is the half-length: 10·max(up, down)/up inputs
+    (under 1 ms of audio for 48 or 44.1 kHz to 24 kHz).
+    """
+
+    def __init__(self, from_hz: int, to_hz: int):
+        if from_hz <= 0 or to_hz <= 0:
+            raise ValueError(f"sample rates must be positive, got {from_hz} → {to_hz} Hz")
+        g = math.gcd(int(from_hz), int(to_hz))
+        self.from_hz, self.to_hz = int(from_hz), int(to_hz)
+        self.up, self.down = self.to_hz // g, self.from_hz // g
+        # resample_poly's filter spans ±10·max(up, down) upsampled samples; keep twice that in input samples
+        self._reach = math.ceil(20 * max(self.up, self.down) / self.up) + 1
+        self._buf = np.zeros(0, dtype=np.float64)
+        self._start = 0  # absolute index of _buf[0], a multiple of `down`
+        self._n_in = 0
+        self._n_out = 0
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        """Feed the next samples; returns the output samples that are now final (float32, maybe none)."""
+        x = np.asarray(chunk, dtype=np.float64).reshape(-1)
+        if self.up == self.down:
+            self._n_in += x.size
+            self._n_out += x.size
+            return x.astype(np.float32)
+        self._buf = np.concatenate([self._buf, x])
+        self._n_in += x.size
+        ready = max(0, ((self._n_in - self._reach) * self.up) // self.down)  # outputs with all their inputs here
+        return self._emit(ready)
+
+    def flush(self) -> np.ndarray:
+        """The rest of the output, as `resample` ends the whole signal (ceil(n_in · up / down) samples in all)."""
+        if self.up == self.down:
+            return np.zeros(0, dtype=np.float32)
+        return self._emit(-(-self._n_in * self.up // self.down))
+
+    def _emit(self, until: int) -> np.ndarray:
+        if until <= self._n_out:
+            return np.zeros(0, dtype=np.float32)
+        y = resample_poly(self._buf, self.up, self.down)
+        first = self._start * self.up // self.down
+        out = y[self._n_out - first : until - first].astype(np.float32)
+        self._n_out = until
+        # keep inputs from an aligned point at least `reach` before the next output's centre
+        keep_from = max(0, (self._n_out * self.down) // self.up - self._reach)
+        keep_from -= keep_from % self.down
+        if keep_from > self._start:
+            self._buf = self._buf[keep_from - self._start :]
+            self._start = keep_from
+        return out
+
+
+class GridPicker:
+    """`nearest_on_grid` fed one timed item at a time, for a live stream: `push` returns the grid instants the new item
+    decides (an instant is decided once an item at or after it has arrived), `close` decides the rest from the last
+    item alone, as at the end of a stream."""
+
+    def __init__(self, tolerance_s: float):
+        self.tolerance_s = tolerance_s
+        self.k = 0  # the next undecided instant
+        self.prev: tuple[float, Any] | None = None
+
+    def _pick(self, target_s: float, t_s: float, item: Any) -> Any:
+        prev = self.prev
+        best = prev if prev is not None and target_s - prev[0] <= t_s - target_s else (t_s, item)
+        return best[1] if abs(best[0] - target_s) <= self.tolerance_s else None
+
+    def push(self, t_s: float, item: Any, n_frames: int | None = None) -> list[tuple[int, Any]]:
+        """Feed an item at `t_s` (increasing); the instants k < n_frames (all when None) it decides."""
+        out = []
+        while (n_frames is None or self.k < n_frames) and self.k * FRAME_S <= t_s:
+            out.append((self.k, self._pick(self.k * FRAME_S, t_s, item)))
+            self.k += 1
+        if n_frames is None or self.k < n_frames:
+            self.prev = (t_s, item)
+        return out
+
+    def close(self, n_frames: int) -> list[tuple[int, Any]]:
+        """Decide every instant before `n_frames` without waiting for another item."""
+        out = []
+        for k in range(self.k, n_frames):
+            near = self.prev is not None and abs(self.prev[0] - k * FRAME_S) <= self.tolerance_s
+            out.append((k, self.prev[1] if near else None))
+        self.k = max(self.k, n_frames)
+        return out
+
+
 def nearest_on_grid(
     timed: Iterable[tuple[float, Item]], n_frames: int, tolerance_s: float
 ) -> Iterator[tuple[int, Item | None]]:
     """For each grid instant k·0.08 s (k < n_frames), the item whose time is nearest, or None if none is within
     `tolerance_s`. `timed` must be in increasing time; it is consumed lazily and no further than needed, and one
     item may serve several instants (video slower than 12.5 Hz, or a gap)."""
-    k = 0
-    prev: tuple[float, Item] | None = None
+    picker = GridPicker(tolerance_s)
     for t_s, item in timed:
-        while k < n_frames and k * FRAME_S <= t_s:
-            target_s = k * FRAME_S
-            best = prev if prev is not None and target_s - prev[0] <= t_s - target_s else (t_s, item)
-            yield k, best[1] if abs(best[0] - target_s) <= tolerance_s else None
-            k += 1
-        if k >= n_frames:
+        yield from picker.push(t_s, item, n_frames)
+        if picker.k >= n_frames:
             return
-        prev = (t_s, item)
-    for rest in range(k, n_frames):
-        near = prev is not None and abs(prev[0] - rest * FRAME_S) <= tolerance_s
-        yield rest, prev[1] if near else None
+    yield from picker.close(n_frames)
 
 
 def frame_times(
@@ -230,6 +316,51 @@ def _frame_display_matrix(frame: Any) -> np.ndarray | None:
     return None if side is None else np.frombuffer(memoryview(side), dtype=np.int32)
 
 
+def _upright(frame: Any, to_rgb: Any, path: str | Path) -> np.ndarray:
+    """A decoded frame as RGB uint8 [H, W, 3], turned as its display matrix says."""
+    rgb = to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
+    transpose, flip_rows, flip_cols = display_transform(_frame_display_matrix(frame), path)
+    if transpose:
+        rgb = rgb.transpose(1, 0, 2)
+    if flip_rows:
+        rgb = rgb[::-1]
+    if flip_cols:
+        rgb = rgb[:, ::-1]
+    return np.ascontiguousarray(rgb)
+
+
+@contextmanager
+def _video_stream(path: str | Path) -> Iterator[tuple[Iterator[tuple[float, Any]], Any]]:
+    """(timed decoded frames (`frame_times`), a reformatter) of a file's first video stream; a stream that breaks
+    off mid-file ends there."""
+    import av
+    from av.video.reformatter import VideoReformatter
+
+    with _open_container(path) as container:
+        if not container.streams.video:
+            raise BadInput(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_count = 1  # parallelism is across videos (processes); decoder threads only add start-up/sync
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        t0_s = (container.start_time or 0) / 1e6
+
+        def decoded() -> Iterator[Any]:
+            try:
+                yield from container.decode(stream)
+            except av.FFmpegError:
+                return
+
+        yield frame_times(decoded(), fps, t0_s), VideoReformatter()
+
+
+def timed_video_frames(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
+    """(seconds, upright RGB uint8 frame) for every frame of a video, as `grid_video_frames` decodes them: what a
+    live camera would have delivered."""
+    with _video_stream(path) as (timed, to_rgb):
+        for t_s, frame in timed:
+            yield t_s, _upright(frame, to_rgb, path)
+
+
 def grid_video_frames(
     path: str | Path, n_frames: int, tolerance_s: float = 0.06
 ) -> Iterator[tuple[int, np.ndarray | None]]:
@@ -241,37 +372,12 @@ def grid_video_frames(
     display matrix are rotated (and mirrored) as `display_transform` says. A stream that breaks off mid-file (a
     truncated download) yields None for the rest, as if the video had ended there.
     """
-    import av
-    from av.video.reformatter import VideoReformatter
-
-    with _open_container(path) as container:
-        if not container.streams.video:
-            raise BadInput(f"{path}: no video stream")
-        stream = container.streams.video[0]
-        stream.thread_count = 1  # parallelism is across videos (processes); decoder threads only add start-up/sync
-        fps = float(stream.average_rate or stream.guessed_rate or 25)
-        t0_s = (container.start_time or 0) / 1e6
-        to_rgb = VideoReformatter()
-
-        def decoded() -> Iterator[Any]:
-            try:
-                yield from container.decode(stream)
-            except av.FFmpegError:
-                return
-
+    with _video_stream(path) as (timed, to_rgb):
         last_frame, last_rgb = None, None
-        for k, frame in nearest_on_grid(frame_times(decoded(), fps, t0_s), n_frames, tolerance_s):
+        for k, frame in nearest_on_grid(timed, n_frames, tolerance_s):
             if frame is None:
                 yield k, None
                 continue
             if frame is not last_frame:
-                rgb = to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
-                transpose, flip_rows, flip_cols = display_transform(_frame_display_matrix(frame), path)
-                if transpose:
-                    rgb = rgb.transpose(1, 0, 2)
-                if flip_rows:
-                    rgb = rgb[::-1]
-                if flip_cols:
-                    rgb = rgb[:, ::-1]
-                last_frame, last_rgb = frame, np.ascontiguousarray(rgb)
+                last_frame, last_rgb = frame, _upright(frame, to_rgb, path)
             yield k, last_rgb

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from faceturn.prep.media import resample
+from faceturn.prep.media import StreamingResampler, resample
+from faceturn.timebase import FRAME_S
 
 SILERO_RATE_HZ = 16_000
 
@@ -28,20 +29,28 @@ class SileroSettings:
     speech_pad_ms: int = 30  # added on both sides of each segment
 
 
+SILERO_WINDOW = 512  # samples at 16 kHz (32 ms): the window Silero scores
 _MODEL = None
 
 
+def _load_silero():
+    """A fresh Silero model (it carries state between windows). Importing silero_vad sets torch to one thread; undo
+    that."""
+    n_threads = torch.get_num_threads()
+    with warnings.catch_warnings():  # silero-vad's own deprecated calls (importlib path, torch.jit.load)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from silero_vad import load_silero_vad
+
+        model = load_silero_vad()
+    torch.set_num_threads(n_threads)
+    return model
+
+
 def _silero_model():
-    """The Silero model, loaded once per process. Importing silero_vad sets torch to one thread; undo that."""
+    """The Silero model of whole-file VAD, loaded once per process."""
     global _MODEL
     if _MODEL is None:
-        n_threads = torch.get_num_threads()
-        with warnings.catch_warnings():  # silero-vad's own deprecated calls (importlib path, torch.jit.load)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from silero_vad import load_silero_vad
-
-            _MODEL = load_silero_vad()
-        torch.set_num_threads(n_threads)
+        _MODEL = _load_silero()
     return _MODEL
 
 
@@ -65,3 +74,45 @@ def silero_intervals(
     )
     model.reset_states()
     return [(d["start"] / SILERO_RATE_HZ, d["end"] / SILERO_RATE_HZ) for d in stamps]
+
+
+class SileroStream:
+    """Live voice activity of one side: Silero's speech probability on each 32 ms window as the audio arrives, as the
+    voiced fraction of each 80 ms frame.
+
+    It cannot look ahead, so it has none of `silero_intervals`' minimum durations and padding: a window is speech when
+    its probability reaches the threshold. That is for display; a recorded session's stored voice activity is
+    `silero_intervals` of the whole recording, as `prepare` computes it. The part of a frame whose window is not
+    complete yet takes the newest window's decision, so a frame never waits for the VAD.
+    """
+
+    def __init__(self, rate_hz: int, settings: SileroSettings | None = None):
+        self.settings = settings or SileroSettings()
+        self.model = _load_silero()
+        self._resampler = StreamingResampler(rate_hz, SILERO_RATE_HZ)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._speech: list[bool] = []  # per complete window
+
+    def push(self, wave: np.ndarray) -> None:
+        """Feed the next samples (at the rate given at construction)."""
+        self._pending = np.concatenate([self._pending, self._resampler.push(wave)])
+        n = len(self._pending) // SILERO_WINDOW
+        if n == 0:
+            return
+        windows = torch.from_numpy(self._pending[: n * SILERO_WINDOW].reshape(n, SILERO_WINDOW).copy())
+        self._pending = self._pending[n * SILERO_WINDOW :]
+        with torch.inference_mode():
+            for w in windows:
+                self._speech.append(float(self.model(w, SILERO_RATE_HZ)) >= self.settings.threshold)
+
+    def frame(self, k: int) -> float:
+        """Voiced fraction of frame k from the windows scored so far (0 before the first window)."""
+        if not self._speech:
+            return 0.0
+        per_frame = FRAME_S * SILERO_RATE_HZ / SILERO_WINDOW  # 2.5 windows
+        lo, hi = k * per_frame, (k + 1) * per_frame
+        voiced = 0.0
+        for w in range(int(lo), int(np.ceil(hi))):
+            speech = self._speech[min(w, len(self._speech) - 1)]
+            voiced += speech * (min(hi, w + 1) - max(lo, w))
+        return voiced / per_frame

@@ -388,3 +388,14 @@ def write_live_link_csv(path: Path, n_rows: int, jaw_open: np.ndarray, head_yaw_
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(",".join(r) for r in rows) + "\n")
     return path
+
+
+def espeak_speech(path: Path, text: str, voice: str = "en") -> Path | None:
+    """Real synthetic speech from Debian's espeak-ng as a WAV (22.05 kHz mono PCM16); None without espeak-ng."""
+    import shutil
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        return None
+    subprocess.run([exe, "-v", voice, "-s", "150", "-w", str(path), text], check=True, capture_output=True)
+    return path
