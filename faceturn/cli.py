@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("faceturn.commands.synth", "generate a synthetic audio-visual conversation corpus"),
     "prepare": (
         "faceturn.commands.prepare",
-        "prepare a real corpus (Seamless Interaction, MultiDialog, Live Link Face takes) on the 12.5 Hz grid",
+        "prepare a real corpus (Seamless Interaction, MultiDialog, Live Link Face, recordings) on the 12.5 Hz grid",
     ),
     "inspect": ("faceturn.commands.inspect", "validate a corpus and print its statistics"),
     "train": ("faceturn.commands.train", "train the face-aware dialogue LM (CPU, one GPU or torchrun)"),
@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attribute": ("faceturn.commands.attribute", "which face groups matter: leave-one-group-out by retraining"),
     "import-moshi": ("faceturn.commands.import_moshi", "import kyutai's Moshi 7B weights into a run folder"),
     "stream": ("faceturn.commands.stream", "replay a conversation frame by frame: live P(yield) and hand-over alerts"),
+    "live": ("faceturn.commands.live", "a local web page: P(yield) from your camera and microphone, in real time"),
 }
 
 

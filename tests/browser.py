@@ -42,8 +42,9 @@ def _unavailable(reason: str) -> None:
 
 
 @contextmanager
-def launch_chromium() -> Iterator:
-    """A Playwright Browser on the system Chromium, with autoplay allowed (media may play without a click)."""
+def launch_chromium(extra_args: tuple[str, ...] = ()) -> Iterator:
+    """A Playwright Browser on the system Chromium, with autoplay allowed (media may play without a click) and
+    `extra_args` (e.g. fake media devices)."""
     path = chromium_path()
     if path is None:
         _unavailable("no Chromium found (apt-get install chromium, or set FACETURN_CHROMIUM to its executable)")
@@ -51,7 +52,7 @@ def launch_chromium() -> Iterator:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("the playwright package is missing (pip install -e '.[dev]')")
-    args = ["--autoplay-policy=no-user-gesture-required", "--mute-audio"]
+    args = ["--autoplay-policy=no-user-gesture-required", "--mute-audio", *extra_args]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         args.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
     with sync_playwright() as pw:

@@ -263,6 +263,34 @@ def _check_arrays(path: Path, data: dict[str, np.ndarray], meta: dict[str, Any])
             raise FaceturnError(f"{path}: array {k} holds values outside [{lo}, {hi}]")
 
 
+def prediction_meta(
+    corpus: str | Path,
+    split: str,
+    ckpt: Path,
+    train_cfg: Any,
+    conversations: Sequence[str],
+    *,
+    zeroed: bool,
+    corpus_fingerprint: str | None = None,
+) -> dict[str, Any]:
+    """The header of a prediction file (without the evaluated zero set): what made it, from what, and how."""
+    return {
+        "format": FORMAT,
+        "corpus": str(Path(corpus).resolve()),
+        "corpus_fingerprint": corpus_fingerprint or fingerprint(corpus),
+        "train_corpus": read_json(ckpt, CONFIG_FILE).get("corpus"),  # what the model was trained on (recorded only)
+        "split": split,
+        "checkpoint": str(Path(ckpt).resolve()),
+        "conversations": list(conversations),
+        "window_frames": train_cfg.data.window_frames,
+        "zero_groups": sorted(set(train_cfg.model.zero_groups)),  # as trained
+        "face_dropout": train_cfg.data.face_dropout,
+        "yield_weight": train_cfg.loss.yield_weight,
+        "train_config": to_dict(train_cfg),
+        "zeroed": zeroed,  # whether p_zeroed was computed
+    }
+
+
 def window_starts(n_frames: int, window_frames: int) -> list[tuple[int, int]]:
     """(start, first frame kept) pairs tiling a conversation with half-window overlap; every frame kept once."""
     if n_frames <= window_frames:
@@ -353,21 +381,8 @@ def predict_zero_sets(
                     per_set[k]["hidden_face"].append(out.hidden[j, sel].float().cpu().numpy().astype(np.float16))
             if hidden and zeroed:
                 shared["hidden_zeroed"].append(out_z.hidden[j, sel].float().cpu().numpy().astype(np.float16))
-    meta = {
-        "format": FORMAT,
-        "corpus": str(Path(corpus).resolve()),
-        "corpus_fingerprint": corpus_fingerprint,
-        "train_corpus": read_json(ckpt, CONFIG_FILE).get("corpus"),  # what the model was trained on (recorded only)
-        "split": split,
-        "checkpoint": str(ckpt.resolve()),
-        "conversations": list(ds.ids),
-        "window_frames": window,
-        "zero_groups": trained_zero,  # as trained
-        "face_dropout": train_cfg.data.face_dropout,
-        "yield_weight": train_cfg.loss.yield_weight,
-        "train_config": to_dict(train_cfg),
-        "zeroed": zeroed,  # whether p_zeroed was computed
-    }
+    meta = prediction_meta(corpus, split, ckpt, train_cfg, ds.ids, zeroed=zeroed,
+                           corpus_fingerprint=corpus_fingerprint)  # fmt: skip
     arrays = {k: np.concatenate(v) for k, v in shared.items() if v}
     results = []
     for z, cols in zip(eval_zero, per_set, strict=True):

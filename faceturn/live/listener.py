@@ -221,6 +221,11 @@ class Listener:
             done = self.clock()
             self._faces[k] = (face, (done - t0) * 1000, done)
 
+    def face_info(self) -> dict:
+        """What `prepare` records about a face track (crop sources, detector runs, instants without video)."""
+        info = self._follower.info() if self._follower is not None else {}
+        return {**info, "grid_frames_without_video": self.counters.no_video}
+
     # ------------------------------------------------------------------------------------------------------ output
     def _complete_frames(self) -> int:
         """Frames whose audio is complete on every side that speaks (encoded ones included)."""
@@ -231,6 +236,15 @@ class Listener:
         """Every frame that is ready now, in order (none while a frame's face may still wait for video)."""
         with self._process_lock:
             return self._emit(final=False)
+
+    def video_deadline(self) -> float | None:
+        """Clock time at which the next frame stops waiting for its video (None when no frame waits): call `frames`
+        then, even if no input comes."""
+        with self._process_lock:
+            k = self._next
+            if not self.video or k >= self._complete_frames() or k in self._faces:
+                return None
+            return self._audio_done_s.get(k, self.clock()) + self.settings.video_wait_s
 
     def close(self) -> list[LiveFrame]:
         """End of the session: the rest of the audio as `prepare` ends it (the last partial frame completed with

@@ -51,7 +51,8 @@ class LiveLinkJob(Job):
             va = voiced_fraction(silero_intervals(wave[:n], MIMI_RATE_HZ, tools.settings.silero), n_frames)
             tracks.append(Track(p, wave[:n], va, [], FaceTrack(face, present, {"take": f"{p}.csv"})))
         conv = assemble(self.id, tracks, tools, {"source": "live_link_face", "va_source": ["silero", "silero"]})
-        audio = write_stereo_wav(out_root, self.id, tracks) if tools.settings.write_audio else None
+        waves = [t.wave_24k for t in tracks]
+        audio = write_stereo_wav(out_root, self.id, waves) if tools.settings.write_audio else None
         entry = ManifestEntry(
             id=self.id,
             file=f"{self.id}.safetensors",

@@ -353,6 +353,30 @@ def _video_stream(path: str | Path) -> Iterator[tuple[Iterator[tuple[float, Any]
         yield frame_times(decoded(), fps, t0_s), VideoReformatter()
 
 
+class JpegDecoder:
+    """Camera frames sent as JPEG → upright RGB, decoded as `prepare` decodes the same bytes muxed into a video file
+    (one FFmpeg MJPEG decoder, one reformatter), so a recorded session's faces can be extracted again identically."""
+
+    def __init__(self) -> None:
+        import av
+        from av.video.reformatter import VideoReformatter
+
+        self._codec = av.CodecContext.create("mjpeg", "r")
+        self._codec.thread_count = 1
+        self._to_rgb = VideoReformatter()
+
+    def decode(self, data: bytes, what: str = "camera frame") -> np.ndarray:
+        import av
+
+        try:
+            frames = self._codec.decode(av.Packet(data))
+        except av.FFmpegError as e:
+            raise BadInput(f"{what}: not a decodable JPEG ({e})") from None
+        if len(frames) != 1:
+            raise BadInput(f"{what}: not a decodable JPEG ({len(frames)} pictures in it)")
+        return _upright(frames[0], self._to_rgb, what)
+
+
 def timed_video_frames(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
     """(seconds, upright RGB uint8 frame) for every frame of a video, as `grid_video_frames` decodes them: what a
     live camera would have delivered."""

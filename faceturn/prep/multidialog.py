@@ -351,7 +351,8 @@ class MultiDialogJob(Job):
             meta["word_times"] = "proportional to word length within each utterance's voiced span (approximate)"
         self._faces(tracks, videos, n_frames, tools, meta)
         conv = assemble(self.id, tracks, tools, meta)
-        audio = write_stereo_wav(out_root, self.id, tracks) if tools.settings.write_audio else None
+        waves = [t.wave_24k for t in tracks]
+        audio = write_stereo_wav(out_root, self.id, waves) if tools.settings.write_audio else None
         subset = self.utterances[0].subset
         entry = ManifestEntry(
             id=self.id,

@@ -118,12 +118,12 @@ def assemble(conv_id: str, tracks: list[Track], tools: Tools, meta: dict) -> Con
     )
 
 
-def write_stereo_wav(root: Path, conv_id: str, tracks: list[Track]) -> str:
+def write_stereo_wav(root: Path, conv_id: str, waves_24k: list[np.ndarray]) -> str:
     """audio/<id>.wav (24 kHz, PCM16, channel p = participant p), written atomically; returns the relative path."""
     import soundfile as sf
 
     buf = io.BytesIO()
-    stereo = np.clip(np.stack([t.wave_24k for t in tracks], axis=1), -1.0, 1.0)  # PCM16 would wrap, not clip
+    stereo = np.clip(np.stack(waves_24k, axis=1), -1.0, 1.0)  # PCM16 would wrap, not clip
     sf.write(buf, stereo, MIMI_RATE_HZ, subtype="PCM_16", format="WAV")
     rel = f"audio/{conv_id}.wav"
     atomic_write_bytes(root / rel, buf.getvalue())

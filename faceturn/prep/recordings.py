@@ -53,12 +53,14 @@ class RecordingJob(Job):
                 face = extract_face_track(folder / self.videos[p], n_frames, tools.settings.face)
                 if not face.present.any():
                     raise BadInput(f"{folder / self.videos[p]}: no face found in any frame")
+                face.info["video"] = f"{folder.name}/{self.videos[p]}"  # `view --media` finds it under the root
             else:
                 face = FaceTrack(np.zeros((n_frames, N_FACE), np.float32), np.zeros(n_frames, np.uint8), {})
             va = voiced_fraction(silero_intervals(wave[:n], MIMI_RATE_HZ, tools.settings.silero), n_frames)
             tracks.append(Track(p, wave[:n], va, [], face))
         conv = assemble(self.id, tracks, tools, {"source": "recording", "va_source": ["silero", "silero"]})
-        audio = write_stereo_wav(out_root, self.id, tracks) if tools.settings.write_audio else None
+        waves = [t.wave_24k for t in tracks]
+        audio = write_stereo_wav(out_root, self.id, waves) if tools.settings.write_audio else None
         entry = ManifestEntry(
             id=self.id,
             file=f"{self.id}.safetensors",

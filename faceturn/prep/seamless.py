@@ -339,7 +339,8 @@ class SeamlessJob(Job):
             "video_fps": [r[1]["video_fps"] for r in results],
         }
         conv = assemble(self.id, tracks, tools, meta)
-        audio = write_stereo_wav(out_root, self.id, tracks) if tools.settings.write_audio else None
+        waves = [t.wave_24k for t in tracks]
+        audio = write_stereo_wav(out_root, self.id, waves) if tools.settings.write_audio else None
         pair = [p.bundle for p in probed]
         first = pair[0]
         entry = ManifestEntry(

@@ -121,7 +121,8 @@ def load_clip(
 
 
 def find_face_video(conv, participant: int, media_root: str | Path | None) -> Path | None:
-    """The video the face tracker read for `participant`, looked up by its file name under `media_root`."""
+    """The video the face tracker read for `participant`: its recorded path under `media_root` when it is there (a
+    recording's `<conversation>/<name>.mkv`), else the first file of its name found below `media_root`."""
     tracks = conv.meta.get("face_tracks")
     if media_root is None or not isinstance(tracks, list) or len(tracks) <= participant:
         return None
@@ -131,6 +132,8 @@ def find_face_video(conv, participant: int, media_root: str | Path | None) -> Pa
     root = Path(media_root)
     if not root.is_dir():
         raise FaceturnError(f"{root}: media folder not found")
+    if (root / name).is_file() and (root / name).resolve().is_relative_to(root.resolve()):
+        return root / name
     return next(iter(sorted(root.rglob(Path(name).name))), None)
 
 
