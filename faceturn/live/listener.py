@@ -98,8 +98,9 @@ class LiveFrame:
 class Listener:
     """Feed `push_audio` / `push_video` from any threads; `frames()` returns every frame that is ready.
 
-    `self_audio=False` promises that the agent side stays silent (nothing is pushed for it); `sink`, when given,
-    receives each side's 24 kHz audio as it is resampled (`sink(side, samples)`), for recording.
+    `self_audio=False` promises that the agent side stays silent (nothing is pushed for it); `agent_voice` (24 kHz
+    samples) is played as the agent's audio in step with the person's, then silence; `sink`, when given, receives
+    each side's 24 kHz audio as it is resampled (`sink(side, samples)`), for recording.
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class Listener:
         settings: ListenerSettings | None = None,
         *,
         self_audio: bool = False,
+        agent_voice: np.ndarray | None = None,
         video: bool = True,
         sink: Callable[[int, np.ndarray], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
@@ -117,7 +119,10 @@ class Listener:
         if s.video_wait_s < 0:
             raise FaceturnError(f"video_wait_s must be >= 0, got {s.video_wait_s}")
         self.trigger = AlertTrigger(s.threshold, s.hysteresis)
+        self_audio = self_audio or agent_voice is not None
         self.mimi, self.self_audio, self.video, self.sink, self.clock = mimi, self_audio, video, sink, clock
+        self._agent_voice = None if agent_voice is None else np.asarray(agent_voice, np.float32).reshape(-1)
+        self._agent_played = 0
         self.stream = TurnYieldStream(model, batch_size=2)  # row 0: the face as given, row 1: zeroed
         self.counters = Counters()
         self._rates: list[int | None] = [None, None]
@@ -147,6 +152,8 @@ class Listener:
             raise FaceturnError(f"audio side must be {AGENT} (agent) or {PERSON} (person), got {side!r}")
         if side == AGENT and not self.self_audio:
             raise FaceturnError("this listener was made for a silent agent (self_audio=False): no agent audio")
+        if side == AGENT and self._agent_voice is not None:
+            raise FaceturnError("this listener plays its agent_voice: no other agent audio")
         x = np.asarray(samples)
         if x.ndim != 1:
             raise FaceturnError(f"{PARTICIPANTS[side]} audio must be mono (1-D), got shape {x.shape}")
@@ -166,7 +173,16 @@ class Listener:
         elif self._rates[side] != rate_hz:
             raise FaceturnError(f"{PARTICIPANTS[side]} audio changed rate mid-session: {self._rates[side]} → "
                                 f"{rate_hz} Hz")  # fmt: skip
-        self._add_24k(side, self._resamplers[side].push(x.astype(np.float32)))
+        wave = self._resamplers[side].push(x.astype(np.float32))
+        self._add_24k(side, wave)
+        if side == PERSON and self._agent_voice is not None:
+            self._play_agent(len(wave))
+
+    def _play_agent(self, n: int) -> None:
+        """The agent's next n samples of `agent_voice` (silence once it has ended), in step with the person."""
+        voice = self._agent_voice[self._agent_played : self._agent_played + n]
+        self._agent_played += n
+        self._add_24k(AGENT, np.pad(voice, (0, n - len(voice))))
 
     def _add_24k(self, side: int, wave: np.ndarray) -> None:
         if not wave.size:
@@ -258,6 +274,13 @@ class Listener:
                     self._audio[side] = np.concatenate([self._audio[side], tail])
                     if self.sink is not None and tail.size:
                         self.sink(side, tail)
+                    if side == PERSON and self._agent_voice is not None and tail.size:
+                        voice = self._agent_voice[self._agent_played : self._agent_played + tail.size]
+                        self._agent_played += tail.size
+                        voice = np.pad(voice, (0, tail.size - len(voice)))
+                        self._audio[AGENT] = np.concatenate([self._audio[AGENT], voice])
+                        if self.sink is not None:
+                            self.sink(AGENT, voice)
             longest = max(len(a) for a in self._audio)
             for side in range(2):
                 n = -(-longest // MIMI_FRAME_SAMPLES) * MIMI_FRAME_SAMPLES

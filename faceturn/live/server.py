@@ -35,7 +35,7 @@ from faceturn.errors import FaceturnError
 from faceturn.live.listener import AGENT, PERSON, Listener, ListenerSettings, LiveFrame
 from faceturn.live.record import Recorder, blank_jpeg
 from faceturn.model import Model
-from faceturn.prep.audio_tokens import MimiEncoder
+from faceturn.prep.audio_tokens import MIMI_RATE_HZ, MimiEncoder
 from faceturn.prep.media import JpegDecoder, resample
 from faceturn.recipe import TrainConfig
 from faceturn.schema import CHANNEL_INDEX, GAZE, HEAD_ROTATION
@@ -88,7 +88,8 @@ class Session:
         if live.record is not None:
             self.recorder = Recorder(live.record, name, live.settings, live.checkpoint, live.train_cfg)
         sink = self.recorder.audio if self.recorder is not None else None
-        self.listener = Listener(live.model, live.mimi, live.settings, self_audio=parties == 2 or bool(live.self_audio),
+        voice = None if live.self_audio is None else resample(*live.self_audio, MIMI_RATE_HZ)
+        self.listener = Listener(live.model, live.mimi, live.settings, self_audio=parties == 2, agent_voice=voice,
                                  sink=sink)  # fmt: skip
         self.audio_pool = ThreadPoolExecutor(1, thread_name_prefix=f"live-audio-{name}")
         self.video_pool = ThreadPoolExecutor(1, thread_name_prefix=f"live-video-{name}")
@@ -99,8 +100,6 @@ class Session:
         self.last_video_ms = -1
         self.video_frames = 0
         self.warned_no_video = False
-        self.agent_wave: np.ndarray | None = None  # --self-audio at the person's rate, and how far it has played
-        self.agent_pos = 0
         self.finished = threading.Event()
         self.failed = False
 
@@ -139,13 +138,6 @@ class Session:
         rate = self.rate_hz[role]
         side = PERSON if role == "person" else AGENT
         self.listener.push_audio(side, samples, rate)
-        if side == PERSON and self.live.self_audio is not None:  # the agent's WAV plays in step with the person
-            if self.agent_wave is None:
-                wave, wave_rate = self.live.self_audio
-                self.agent_wave = resample(wave, wave_rate, rate)
-            chunk = self.agent_wave[self.agent_pos : self.agent_pos + len(samples)]
-            self.agent_pos += len(samples)
-            self.listener.push_audio(AGENT, np.pad(chunk, (0, len(samples) - len(chunk))), rate)
         self._drain()
 
     def _video(self, t_s: float, jpeg: bytes) -> None:
@@ -298,6 +290,8 @@ def create_app(live: LiveModel) -> Any:
                     log.info("session %s started (%d part%s)", name, parties, "y" if parties == 1 else "ies")
                 if role in session.roles.values():
                     raise FaceturnError(f"session {name!r} already has a {role}")
+                if role == "agent" and live.self_audio is not None:
+                    raise FaceturnError("this server plays --self-audio as the agent: no agent page can join")
                 if role == "agent" and session.parties != 2:
                     raise FaceturnError(f"session {name!r} is not a two-party call: no agent page can join")
                 queue: asyncio.Queue = asyncio.Queue()

@@ -255,3 +255,33 @@ def test_live_refuses_a_checkpoint_that_is_not_a_run(tmp_path, capsys, face_mode
     assert main(["live", "--run", str(tmp_path / "notarun"), "--face-model", str(face_model)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "notarun" in err
+
+
+def test_a_two_party_call_encodes_both_microphones_and_waits_for_both(server):
+    from faceturn.store import Corpus
+
+    url, record, _ = server
+    rng = np.random.default_rng(2)
+    person_voice = rng.standard_normal(24000).astype(np.float32) * 0.05  # 1 s at 24 kHz
+    agent_voice = rng.standard_normal(48000).astype(np.float32) * 0.05  # 1 s at 48 kHz: resampled by the listener
+    with _client(url) as person, _client(url) as agent:
+        person.send(json.dumps({"type": "start", "session": "call", "role": "person", "rate": 24000, "parties": 2}))
+        _until(person, "ready")
+        agent.send(json.dumps({"type": "start", "session": "call", "role": "agent", "rate": 48000, "parties": 2}))
+        _until(agent, "ready")
+        person.send(_audio(person_voice))
+        agent.send(_audio(agent_voice[:24000]))  # the agent's first half second only
+        first = _until(person, "frames", 120)["frames"]
+        assert max(f["k"] for f in first) < 6  # frames wait for the agent's audio
+        time.sleep(0.5)
+        agent.send(_audio(agent_voice[24000:]))
+        later = _until(agent, "frames", 120)
+        while max(f["k"] for f in later["frames"]) < 11:  # the agent's page got the first frames too
+            later = _until(agent, "frames", 120)
+        assert later["counters"]["audio_waits"] > 0  # the person's frames waited more than a frame for the agent
+        person.send(json.dumps({"type": "stop"}))
+        closed = _until(agent, "closed", 120)
+    assert closed["frames"] == 13  # 1 s: 12.5 frames, the last completed with silence, as prepare does
+    conv = Corpus(record / "corpus").load("call")
+    agent_codes = np.asarray(conv.codes[0])
+    assert len({tuple(agent_codes[:, k]) for k in range(4, 12)}) > 1  # not the constant codes of silence

@@ -156,3 +156,30 @@ def test_late_and_missing_video_is_counted_not_silent(tiny_run, carphone, face_m
         listener.push_audio(PERSON, np.full(10, np.nan, np.float32), MIMI_RATE_HZ)
     with pytest.raises(Exception, match="silent agent"):
         listener.push_audio(0, noise, MIMI_RATE_HZ)
+
+
+def test_an_agent_voice_plays_in_step_with_the_person(tiny_run, speech, mimi_dir):
+    from transformers import MimiModel
+
+    from faceturn.checkpoint import load_model
+    from faceturn.live.listener import AGENT, PERSON, Listener, ListenerSettings
+
+    wave, rate_hz = read_audio(speech)
+    person = np.random.default_rng(3).standard_normal(rate_hz * 3).astype(np.float32) * 0.05  # 3 s, longer
+    voice = resample(wave, rate_hz, MIMI_RATE_HZ)[: MIMI_RATE_HZ * 2]  # the agent speaks for 2 s, then is silent
+    model, _ = load_model(tiny_run)
+    settings = ListenerSettings(mimi=MimiSettings(model=str(mimi_dir), device="cpu"))
+    mimi = MimiEncoder(settings.mimi, model=MimiModel.from_pretrained(mimi_dir))
+    listener = Listener(model, mimi, settings, agent_voice=voice, video=False)
+    frames = []
+    for piece in np.array_split(person, 37):
+        listener.push_audio(PERSON, piece, rate_hz)
+        frames += listener.frames()
+    frames += listener.close()
+    codes = np.stack([f.codes for f in frames], axis=-1)
+    person_24k = resample(person, rate_hz, MIMI_RATE_HZ)
+    agent_24k = np.pad(voice, (0, len(person_24k) - len(voice)))
+    np.testing.assert_array_equal(codes, mimi.encode([agent_24k, person_24k], MIMI_RATE_HZ))
+    assert np.mean([f.va[AGENT] for f in frames[:20]]) > np.mean([f.va[AGENT] for f in frames[-8:]])
+    with pytest.raises(Exception, match="plays its agent_voice"):
+        listener.push_audio(AGENT, voice[:100], MIMI_RATE_HZ)
