@@ -285,3 +285,18 @@ def test_a_two_party_call_encodes_both_microphones_and_waits_for_both(server):
     conv = Corpus(record / "corpus").load("call")
     agent_codes = np.asarray(conv.codes[0])
     assert len({tuple(agent_codes[:, k]) for k in range(4, 12)}) > 1  # not the constant codes of silence
+
+
+def test_a_page_without_camera_permission_says_so_and_the_server_logs_it(server):
+    url, _, log_path = server
+    fake_devices = ("--use-fake-device-for-media-stream", "--deny-permission-prompts")  # asked, and refused
+    with launch_chromium(fake_devices) as browser:
+        page = browser.new_page()
+        page.goto(f"{url}/?session=denied&mode=solo&autostart=1")
+        page.wait_for_function("window.faceturnLive.errors.length > 0", timeout=30_000)
+        shown = page.locator("#errors").inner_text()
+    assert "cannot start" in shown and "permission" in shown
+    deadline = time.monotonic() + 10
+    while "a page could not start" not in log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "a page could not start: cannot start: permission" in log_path.read_text()
