@@ -71,7 +71,7 @@ class Counters:
     video_late: int = 0  # instants decided without the video frame after them (it had not arrived in time)
     no_video: int = 0  # instants without any video frame within the tolerance
     video_dropped: int = 0  # video frames that came out of order, or after their instants were decided
-    audio_waits: int = 0  # frames whose audio was complete on one side but waited for the other
+    audio_waits: int = 0  # frames whose audio was complete on one side and waited over 80 ms for the other
 
 
 @dataclass
@@ -204,7 +204,7 @@ class Listener:
                 self.counters.audio_waits += now - first > FRAME_S  # the other side came more than a frame later
             if self.self_audio:  # frames this side completed that still wait for the other
                 mine = self._next + len(self._audio[side]) // MIMI_FRAME_SAMPLES
-                for k in range(max(after, mine - len(wave) // MIMI_FRAME_SAMPLES - 1), mine):
+                for k in range(after, mine):
                     self._side_done_s.setdefault(k, now)
 
     def push_video(self, rgb: np.ndarray, t_s: float) -> None:
