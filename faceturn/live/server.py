@@ -100,6 +100,7 @@ class Session:
         self.last_video_ms = -1
         self.video_frames = 0
         self.warned_no_video = False
+        self.timer_at: float | None = None  # when the pending look at frames waiting for video is due
         self.finished = threading.Event()
         self.failed = False
 
@@ -163,7 +164,8 @@ class Session:
     def _drain(self, frames: list[LiveFrame] | None = None) -> None:
         frames = self.listener.frames() if frames is None else frames
         deadline = self.listener.video_deadline()
-        if deadline is not None and not self.finished.is_set():  # frames wait for video: look again when they stop
+        if deadline is not None and deadline != self.timer_at and not self.finished.is_set():
+            self.timer_at = deadline  # frames wait for video: look again when their wait ends, even without input
             timer = threading.Timer(max(0.0, deadline - self.listener.clock()) + 0.002, self._redrain)
             timer.daemon = True
             timer.start()
