@@ -50,6 +50,9 @@ RECORD = "jobs.json"  # under the state folder: what was submitted
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
           "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}  # fmt: skip
 NEVER = "DependencyNeverSatisfied"  # a pending job whose dependency failed: it can never start
+# one thread per CPU of the job, set before Python starts: numpy's BLAS and torch read them when they load (as in the
+# local runner's workers; the probe's numbers depend on the BLAS thread count)
+THREADS = ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1} MKL_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}"]
 
 
 @dataclass(frozen=True)
@@ -179,11 +182,6 @@ class SlurmRun:
         self.gpus = gpus
 
     def __call__(self) -> str:
-        cpus = os.environ.get("SLURM_CPUS_PER_TASK", "1")
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = cpus
-        import torch  # noqa: PLC0415  (after the thread count is set, as in the local runner's workers)
-
-        torch.set_num_threads(int(cpus))
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         steps = launch_steps(self.job.steps, self.gpus)
@@ -258,7 +256,7 @@ def run_on_slurm(
                     opts["dependency"] = "afterok:" + ":".join(waits)
                 executor.update_parameters(
                     job_name=f"{name}-{k}{'-gpu' if gpu else ''}", time=cfg.time_min, signal_delay_s=SIGNAL_DELAY_S,
-                    stderr_to_stdout=True, array_parallelism=len(group), additional_parameters=opts,
+                    stderr_to_stdout=True, array_parallelism=len(group), additional_parameters=opts, setup=THREADS,
                 )  # fmt: skip
                 gpus = cfg.gpus_per_run if gpu else 0
                 try:
