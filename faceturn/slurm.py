@@ -239,9 +239,9 @@ def run_on_slurm(
     _cancel([s for s in stale if s in known and known[s][0] in ACTIVE])  # pending forever on a failed dependency
     submit = [j for j in todo if not following(j)]
     if submit:
-        kinds = {j.gpu for j in submit}
-        for gpu in sorted(kinds, reverse=True):
-            check_request(sbatch_options(cfg, gpu), "training" if gpu else "CPU")
+        requests = {json.dumps(sbatch_options(cfg, j.gpu)): sbatch_options(cfg, j.gpu) for j in submit}
+        for opts in requests.values():
+            check_request(opts, "GPU" if "gpus-per-node" in opts else "CPU")
         state_dir.mkdir(parents=True, exist_ok=True)
         executor = submitit.SlurmExecutor(folder=state_dir, max_num_timeout=cfg.max_timeouts)
         submitted = 0

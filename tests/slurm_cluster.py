@@ -155,7 +155,7 @@ def start_cluster() -> Iterator[Cluster]:
         stack.callback(_restore_env, saved)
         daemons: list[subprocess.Popen] = []
         stack.callback(_stop, daemons)
-        log = open(root / "log" / "daemons.out", "ab")  # noqa: SIM115 (closed by the stack)
+        log = open(root / "log" / "daemons.out", "ab")  # closed by the stack
         stack.callback(log.close)
         munged = [
             "munged", "--foreground", f"--socket={munge_socket}", f"--key-file={key}",
