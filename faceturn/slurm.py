@@ -310,8 +310,10 @@ def _wait(
             active = [j for j, s in ids.items() if s in states and states[s][0] in ACTIVE and states[s][1] != NEVER]
             bar.n = total - len(todo) + sum(j.done() for j in todo)
             running = sum(states[ids[j]][0] == "RUNNING" for j in active)
-            bar.set_postfix(running=running, queued=len(active) - running, refresh=False)
-            bar.refresh()
+            why = sorted({states[ids[j]][1] for j in active if states[ids[j]][0] == "PENDING"} - {"None", ""})
+            bar.set_postfix_str(
+                f"{running} running, {len(active) - running} queued" + (f" ({', '.join(why)})" if why else "")
+            )
             if not active:
                 break
             time.sleep(cfg.poll_s)
