@@ -46,6 +46,7 @@ from faceturn.jobs import Job, layers, run_jobs, run_steps
 
 SIGNAL_DELAY_S = 120  # USR2 this long before the time limit: time to requeue (a checkpoint is already on disk)
 RECORD = "jobs.json"  # under the state folder: what was submitted
+MAX_ARRAY = 1000  # tasks per job array (SLURM's default MaxArraySize is 1001)
 # squeue states of a job that has not ended (it may still write its outputs)
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
           "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}  # fmt: skip
@@ -143,12 +144,12 @@ def check_request(opts: dict[str, Any], what: str) -> None:
         )
 
 
-def queue_states(slurm_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """SLURM job id (`123` or array task `123_4`) → (state, reason) for the jobs slurmctld still knows."""
+def queue_states(slurm_ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+    """SLURM job id (`123` or array task `123_4`) → (state, reason, job name) for the jobs slurmctld still knows."""
     if not slurm_ids:
         return {}
     bases = sorted({i.split("_")[0] for i in slurm_ids})
-    argv = ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%r", f"--jobs={','.join(bases)}"]
+    argv = ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%r|%j", f"--jobs={','.join(bases)}"]
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
         if "Invalid job id" in result.stderr:  # every one of them has ended and been forgotten
@@ -156,9 +157,9 @@ def queue_states(slurm_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         raise ClusterError(f"squeue failed: {_slurm_reason(result.stderr)}")
     states = {}
     for line in result.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 3:
-            states[parts[0]] = (parts[1], parts[2])
+        parts = line.strip().split("|", 3)
+        if len(parts) == 4:
+            states[parts[0]] = (parts[1], parts[2], parts[3])
     return states
 
 
@@ -231,12 +232,17 @@ def run_on_slurm(
     record = _load_record(record_path)
     known = queue_states([record[j.id]["slurm_id"] for j in todo if j.id in record])
 
+    def ours(job: Job) -> tuple[str, str, str] | None:  # its SLURM job, if the queue still knows it (by id and name)
+        rec = record.get(job.id, {})
+        state = known.get(rec.get("slurm_id", ""))
+        return state if state is not None and state[2] == rec.get("name") else None
+
     def following(job: Job) -> bool:  # submitted earlier and still queued or running (and able to start)
-        state = known.get(record.get(job.id, {}).get("slurm_id", ""))
+        state = ours(job)
         return state is not None and state[0] in ACTIVE and state[1] != NEVER
 
-    stale = [record[j.id]["slurm_id"] for j in todo if j.id in record and not following(j)]
-    _cancel([s for s in stale if s in known and known[s][0] in ACTIVE])  # pending forever on a failed dependency
+    never = [j for j in todo if (state := ours(j)) is not None and state[0] in ACTIVE and not following(j)]
+    _cancel([record[j.id]["slurm_id"] for j in never])  # pending forever on a failed dependency: resubmitted below
     submit = [j for j in todo if not following(j)]
     if submit:
         requests = {json.dumps(sbatch_options(cfg, j.gpu)): sbatch_options(cfg, j.gpu) for j in submit}
@@ -244,33 +250,26 @@ def run_on_slurm(
             check_request(opts, "GPU" if "gpus-per-node" in opts else "CPU")
         state_dir.mkdir(parents=True, exist_ok=True)
         executor = submitit.SlurmExecutor(folder=state_dir, max_num_timeout=cfg.max_timeouts)
+        unfinished = {j.id for j in todo}
         submitted = 0
         for k in range(len(job_layers)):
             for gpu in (True, False):
-                group = [j for j in submit if layer_of[j.id] == k and j.gpu == gpu]
-                if not group:
-                    continue
-                waits = sorted({record[d]["slurm_id"] for j in group for d in j.after if d in {t.id for t in todo}})
-                opts = sbatch_options(cfg, gpu)
-                if waits:
-                    opts["dependency"] = "afterok:" + ":".join(waits)
-                executor.update_parameters(
-                    job_name=f"{name}-{k}{'-gpu' if gpu else ''}", time=cfg.time_min, signal_delay_s=SIGNAL_DELAY_S,
-                    stderr_to_stdout=True, array_parallelism=len(group), additional_parameters=opts, setup=THREADS,
-                )  # fmt: skip
-                gpus = cfg.gpus_per_run if gpu else 0
-                try:
-                    with executor.batch():
-                        handles = [executor.submit(SlurmRun(j, log_dir / f"{j.id}.log", gpus)) for j in group]
-                except submitit.core.utils.FailedJobError as e:
-                    kept = f" ({submitted} jobs submitted before keep running)" if submitted else ""
-                    raise ClusterError(
-                        f"sbatch refused {len(group)} jobs of {desc}: {_slurm_reason(str(e))}{kept}"
-                    ) from None
-                for job, handle in zip(group, handles, strict=True):
-                    record[job.id] = {"slurm_id": str(handle.job_id), "slurm_log": str(handle.paths.stdout)}
-                submitted += len(group)
-                atomic_write_json(record_path, record)
+                members = [j for j in submit if layer_of[j.id] == k and j.gpu == gpu]
+                for group in (members[i : i + MAX_ARRAY] for i in range(0, len(members), MAX_ARRAY)):
+                    waits = sorted({record[d]["slurm_id"] for j in group for d in j.after if d in unfinished})
+                    job_name = f"{name}-{k}{'-gpu' if gpu else ''}"
+                    try:
+                        handles = _submit_array(executor, group, cfg, gpu, waits, job_name, log_dir)
+                    except submitit.core.utils.FailedJobError as e:
+                        kept = f" ({submitted} jobs submitted before keep running)" if submitted else ""
+                        raise ClusterError(
+                            f"sbatch refused {len(group)} jobs of {desc}: {_slurm_reason(str(e))}{kept}"
+                        ) from None
+                    for job, handle in zip(group, handles, strict=True):
+                        record[job.id] = {"slurm_id": str(handle.job_id), "name": job_name,
+                                          "slurm_log": str(handle.paths.stdout)}  # fmt: skip
+                    submitted += len(group)
+                    atomic_write_json(record_path, record)
     _wait(todo, record, cfg, log_dir, progress=progress, desc=desc, total=len(jobs))
     return {
         "jobs": len(jobs),
@@ -279,6 +278,22 @@ def run_on_slurm(
         "submitted": len(submit),
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _submit_array(
+    executor: Any, group: list[Job], cfg: SlurmConfig, gpu: bool, waits: list[str], job_name: str, log_dir: Path
+) -> list[Any]:
+    """One sbatch call: the group as a job array (one job alone), waiting on `waits` (afterok)."""
+    opts = sbatch_options(cfg, gpu)
+    if waits:
+        opts["dependency"] = "afterok:" + ":".join(waits)
+    executor.update_parameters(
+        job_name=job_name, time=cfg.time_min, signal_delay_s=SIGNAL_DELAY_S, stderr_to_stdout=True,
+        array_parallelism=len(group), additional_parameters=opts, setup=THREADS,
+    )  # fmt: skip
+    gpus = cfg.gpus_per_run if gpu else 0
+    with executor.batch():
+        return [executor.submit(SlurmRun(j, log_dir / f"{j.id}.log", gpus)) for j in group]
 
 
 def _cancel(slurm_ids: Sequence[str]) -> None:
@@ -291,7 +306,7 @@ def _wait(
 ) -> None:
     """Poll the queue until none of `todo` is queued or running; raise JobError naming those without outputs."""
     ids = {j.id: record[j.id]["slurm_id"] for j in todo}
-    last: dict[str, tuple[str, str]] = {}
+    last: dict[str, tuple[str, str, str]] = {}
     bar = tqdm(total=total, initial=total - len(todo), desc=desc, unit="job", disable=not progress)
     errors = 0
     try:
@@ -327,7 +342,7 @@ def _wait(
         if job.done():
             continue
         slurm_id = ids[job.id]
-        state, reason = last.get(job.id, ("ENDED", ""))
+        state, reason, _ = last.get(job.id, ("ENDED", "", ""))
         if reason == NEVER:
             failures.append(f"{job.id} (not run: waits on {', '.join(job.after)}, which failed)")
             continue
