@@ -43,7 +43,7 @@ class Job:
     cwd: Path
     outputs: tuple[Path, ...]  # files the job leaves behind (written atomically), relative to cwd; all present = done
     after: tuple[str, ...] = ()  # ids of jobs (of the same run) whose outputs this one reads
-    gpu: bool = False  # it trains a model: on a cluster it gets the GPUs of a run
+    gpu: bool = False  # it trains a model (or runs Mimi on a GPU): on a cluster it gets the GPUs of a run
 
     def done(self) -> bool:
         return all((self.cwd / o).is_file() for o in self.outputs)

@@ -64,7 +64,7 @@ def _study(config: Path, out: Path, *extra: str) -> list[str]:
     return ["study", "--config", str(config), "--out", str(out), "--executor", "slurm", *FAST, *extra]
 
 
-def test_study_on_slurm_gives_the_local_results_byte_for_byte(slurm_cluster, local_study, tmp_path):
+def test_study_on_slurm_gives_the_local_results_byte_for_byte(slurm_cluster, local_study, tmp_path, capsys):
     config, local = local_study
     out = tmp_path / "study"
     assert main(_study(config, out)) == 0
@@ -85,6 +85,9 @@ def test_study_on_slurm_gives_the_local_results_byte_for_byte(slurm_cluster, loc
     assert main(_study(config, out)) == 0  # again: nothing is submitted, no job output is rewritten
     assert json.loads((out / "slurm" / "jobs.json").read_text()) == record
     assert {j: _mtimes(out, j) for j in record} == before
+    capsys.readouterr()
+    assert main(["attribute", "run", str(out / "attribution"), "--executor", "slurm", "--partition", "nope"]) == 0
+    assert "0 runs in 0 s, 2 already finished" in capsys.readouterr().out  # nothing to submit, nothing asked
 
 
 def test_a_job_cancelled_mid_run_is_resubmitted_and_finished_runs_are_kept(slurm_cluster, local_study, tmp_path):

@@ -149,15 +149,17 @@ _SLURM_FLAGS = ("partition", "account", "gpus_per_run", "cpus_per_run", "mem_gb"
 
 
 def add_executor(parser: argparse.ArgumentParser) -> None:
-    """`--executor local|slurm` and the SLURM resources (docs/slurm.md), read by `slurm_config`."""
-    g = parser.add_argument_group("where the jobs run (docs/slurm.md)")
+    """`--executor local|slurm` and the SLURM resources (docs/slurm.md), read by `slurm_config`. Each resource
+    overrides a study config's [slurm] field; the defaults are `faceturn.slurm.SlurmConfig`'s."""
+    g = parser.add_argument_group("where the jobs run (docs/slurm.md; each resource overrides a study's [slurm])")
     g.add_argument(
         "--executor", choices=("local", "slurm"), default="local",
         help="local: here, --jobs at a time (default); slurm: as SLURM job arrays, through submitit",
     )  # fmt: skip
-    g.add_argument("--partition", help="SLURM partition (default: the config's, else the cluster's default)")
-    g.add_argument("--account", help="SLURM account to charge (default: the config's, else yours)")
-    g.add_argument("--gpus-per-run", type=int, metavar="N", help="GPUs of a job that trains (default: 1)")
+    g.add_argument("--partition", metavar="NAME", help="SLURM partition (default: the cluster's)")
+    g.add_argument("--account", metavar="NAME", help="SLURM account to charge (default: yours)")
+    g.add_argument("--gpus-per-run", type=int, metavar="N",
+                   help="GPUs of a job that trains, or prepares unless --device cpu (default: 1)")  # fmt: skip
     g.add_argument("--cpus-per-run", type=positive_int, metavar="N", help="CPUs of every job (default: 8)")
     g.add_argument("--mem-gb", type=positive_int, metavar="GB", help="memory of every job (default: 64)")
     g.add_argument("--time-min", type=positive_int, metavar="MIN",
