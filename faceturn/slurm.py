@@ -307,6 +307,7 @@ def _wait(
     """Poll the queue until none of `todo` is queued or running; raise JobError naming those without outputs."""
     ids = {j.id: record[j.id]["slurm_id"] for j in todo}
     last: dict[str, tuple[str, str, str]] = {}
+    never: set[str] = set()  # jobs cancelled because a job they wait on failed
     bar = tqdm(total=total, initial=total - len(todo), desc=desc, unit="job", disable=not progress)
     errors = 0
     try:
@@ -321,7 +322,9 @@ def _wait(
                 time.sleep(cfg.poll_s)
                 continue
             last.update({j: states[s] for j, s in ids.items() if s in states})
-            _cancel([s for s in ids.values() if states.get(s, ("", ""))[1] == NEVER])
+            stuck = {j for j, s in ids.items() if s in states and states[s][0] == "PENDING" and states[s][1] == NEVER}
+            _cancel([ids[j] for j in stuck - never])
+            never |= stuck
             active = [j for j, s in ids.items() if s in states and states[s][0] in ACTIVE and states[s][1] != NEVER]
             bar.n = total - len(todo) + sum(j.done() for j in todo)
             running = sum(states[ids[j]][0] == "RUNNING" for j in active)
@@ -342,8 +345,8 @@ def _wait(
         if job.done():
             continue
         slurm_id = ids[job.id]
-        state, reason, _ = last.get(job.id, ("ENDED", "", ""))
-        if reason == NEVER:
+        state = last.get(job.id, ("ENDED",))[0]
+        if job.id in never:
             failures.append(f"{job.id} (not run: waits on {', '.join(job.after)}, which failed)")
             continue
         logs = f"{log_dir / (job.id + '.log')} and {record[job.id]['slurm_log']}"

@@ -18,6 +18,7 @@ import pytest
 from test_study import write_micro_study
 
 from faceturn.cli import main
+from faceturn.errors import JobError
 from faceturn.jobs import Job
 from faceturn.slurm import SlurmConfig, execute, launch_steps, sbatch_options
 
@@ -185,6 +186,23 @@ def test_a_job_signalled_before_its_time_limit_requeues_itself_and_finishes(slur
     assert "Calling checkpoint method" in slurm_log and "Requeued job" in slurm_log
     assert "Job completed successfully" in slurm_log
     assert (tmp_path / "logs" / "train.log").read_text().count("$ ") == 2  # the step ran twice, into the same log
+
+
+def test_a_failed_job_is_named_with_its_logs_and_what_waits_on_it_is_not_run(slurm_cluster, tmp_path):
+    fails = Job("a", ((sys.executable, "-c", "print('about to fail'); raise SystemExit(3)"),), tmp_path, ("a.txt",))
+    after = Job("b", ((sys.executable, "-c", "open('b.txt', 'w')"),), tmp_path, ("b.txt",), after=("a",))
+    cfg = SlurmConfig(gpus_per_run=0, cpus_per_run=1, mem_gb=1, time_min=30, poll_s=0.3)
+    with pytest.raises(JobError) as failed:
+        execute([fails, after], tmp_path / "logs", slurm=cfg, progress=False)
+    record = json.loads((tmp_path / "slurm" / "jobs.json").read_text())
+    slurm_log = record["a"]["slurm_log"]
+    assert (
+        f"2 of 2 jobs failed on SLURM: a (SLURM job {record['a']['slurm_id']} FAILED without its outputs; see "
+        f"{tmp_path / 'logs' / 'a.log'} and {slurm_log}); b (not run: waits on a, which failed)" in str(failed.value)
+    )
+    assert "about to fail" in (tmp_path / "logs" / "a.log").read_text()
+    assert "JobError: a: exit 3" in Path(slurm_log).read_text()  # SLURM's side: submitit's traceback
+    assert not any(j == record["b"]["slurm_id"] and s == "PENDING" for j, _, s, _ in slurm_cluster.squeue())
 
 
 @pytest.mark.parametrize(
