@@ -60,8 +60,8 @@ class Cluster:
 
     def log_tail(self, lines: int = 20) -> str:
         text = []
-        for name in ("slurmctld.log", "slurmd.log"):
-            path = self.root / "log" / name
+        for name in ("log/slurmctld.log", "log/slurmd.log", "log/daemons.out", "private/munged.log"):
+            path = self.root / name
             if path.is_file():
                 text.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(text)
@@ -163,7 +163,7 @@ def start_cluster() -> Iterator[Cluster]:
             f"--seed-file={root / 'private' / 'munged.seed'}",
         ]  # fmt: skip
         daemons.append(subprocess.Popen(munged, stdout=log, stderr=log))
-        _wait_for(munge_socket.exists, 10, "munged did not create its socket")
+        _wait_for(munge_socket.exists, 10, "munged did not create its socket", cluster)
         daemons.append(subprocess.Popen(["slurmctld", "-D", "-c", "-f", str(conf)], stdout=log, stderr=log))
         daemons.append(subprocess.Popen(["slurmd", "-D", "-N", NODE, "-f", str(conf)], stdout=log, stderr=log))
         _wait_for(_idle, 30, "the node did not become idle", cluster)
