@@ -8,6 +8,7 @@ shards: tests/prep/test_prep_slurm.py. Without SLURM or root the cluster tests s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -22,8 +23,8 @@ from faceturn.errors import JobError
 from faceturn.jobs import Job
 from faceturn.slurm import SlurmConfig, execute, launch_steps, sbatch_options
 
-# the micro study of test_study.py with one corpus, no media and lighter measurements: every SLURM job is a fresh
-# Python process, so fewer, shorter jobs keep the three runs below under a minute on 2 cores
+# the micro study of test_study.py with one corpus of 10 short conversations, no media and lighter measurements:
+# every SLURM job is a fresh Python process, so fewer, shorter jobs keep each study run below half a minute
 FAST = ["--set", "analyze.max_windows=16", "--set", "probe.max_frames=1500", "--set", "n_resamples=50",
         "--set", "probe.resamples=50", "--no-progress"]  # fmt: skip
 # resources from the study config: what the test cluster has (1 of its 2 CPUs per job, so two run at once)
@@ -39,11 +40,13 @@ poll_s = 0.3
 
 def write_small_study(path: Path) -> Path:
     text = write_micro_study(path).read_text()
-    head, _, tail = text.partition('[[corpora]]\nname = "wide"\n')
+    head, found, tail = text.partition('[[corpora]]\nname = "wide"\n')
+    assert found, "test_study's micro study changed: drop its second corpus here some other way"
     text = head + tail.split("\n", 1)[1]  # without the second corpus
-    text = text.replace("render_conversations = 1", "render_conversations = 0").replace(
-        "conversations = 12", "conversations = 10"
-    )
+    for long, short in (("render_conversations = 1", "render_conversations = 0"), ("conversations = 12",
+                        "conversations = 10"), ("duration_min_s=40.0", "duration_min_s=20.0"),
+                        ("duration_max_s=50.0", "duration_max_s=25.0")):  # fmt: skip
+        text = text.replace(long, short)
     path.write_text(text + SLURM_SECTION)
     return path
 
@@ -51,8 +54,6 @@ def write_small_study(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def local_study(tmp_path_factory):
     """The study run here: one job per core, so each has one thread, as each SLURM job (cpus_per_run = 1) has."""
-    import os
-
     root = tmp_path_factory.mktemp("local")
     config = write_small_study(root / "small.toml")
     out = root / "study"
