@@ -45,16 +45,15 @@ def test_jobs_run_skip_when_done_and_name_the_failed_log(tmp_path):
 
 
 def test_a_job_starts_once_the_jobs_it_waits_on_are_done(tmp_path):
-    slow = "import pathlib, time; time.sleep(1); pathlib.Path('a.txt').write_text('from a')"
+    slow = "import pathlib, time; time.sleep(0.5); pathlib.Path('a.txt').write_text('from a')"
     copy = "import pathlib; pathlib.Path('b.txt').write_text(pathlib.Path('a.txt').read_text() + ', then b')"
     a = Job("a", ((sys.executable, "-c", slow),), tmp_path, ("a.txt",))
     b = Job("b", ((sys.executable, "-c", copy),), tmp_path, ("b.txt",), after=("a",))
-    assert run_jobs([b, a], 2, tmp_path / "logs", progress=False)["ran"] == 2  # two slots, yet b waits for a
-    assert (tmp_path / "b.txt").read_text() == "from a, then b"
     fails = Job("f", ((sys.executable, "-c", "raise SystemExit(3)"),), tmp_path, ("f.txt",))
     after = Job("g", ((sys.executable, "-c", "open('g.txt', 'w')"),), tmp_path, ("g.txt",), after=("f",))
-    with pytest.raises(JobError, match=r"2 of 2 jobs failed: f \(exit 3; see .*f\.log\); g \(not run: waits on f\)"):
-        run_jobs([fails, after], 2, tmp_path / "logs", progress=False)
+    with pytest.raises(JobError, match=r"2 of 4 jobs failed: f \(exit 3; see .*f\.log\); g \(not run: waits on f\)"):
+        run_jobs([b, a, fails, after], 2, tmp_path / "logs", progress=False)  # two slots, yet b waits for a
+    assert (tmp_path / "b.txt").read_text() == "from a, then b"
     assert not (tmp_path / "g.txt").exists()
 
 
