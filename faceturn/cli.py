@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     name = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(load=name if name in COMMANDS else None)
     args = parser.parse_args(argv)
+    args.argv = list(argv)  # as given: a command that submits itself as cluster jobs (prepare --executor slurm)
     if args.command is None:
         parser.print_help()
         return 0

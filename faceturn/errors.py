@@ -38,3 +38,7 @@ class TrainingDiverged(FaceturnError):
 
 class JobError(FaceturnError):
     """One or more jobs of a plan failed; the message names each and its log."""
+
+
+class ClusterError(FaceturnError):
+    """The cluster refused or cannot take the jobs (SLURM's reason quoted), or its tools are missing here."""

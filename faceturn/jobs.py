@@ -1,6 +1,8 @@
 """Run jobs N at a time, resumably: a job whose declared outputs all exist is skipped.
 
-A job is data: a list of argv lists (its steps, run in order until one fails) plus the files it leaves behind. No
+A job is data: a list of argv lists (its steps, run in order until one fails), the files it leaves behind, the jobs
+whose outputs it reads (it starts once they are done) and whether it trains a model (on a cluster it gets the GPUs
+of a run; `faceturn.slurm` runs the same jobs as SLURM job arrays). No
 shell sits between a config and a process: every step is executed as its argv list, so a corpus name or path is one
 argument whatever characters it holds. `Job.shell()` renders the steps with shell quoting for humans and cluster job
 arrays (plan.txt).
@@ -20,7 +22,8 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
@@ -39,6 +42,8 @@ class Job:
     steps: tuple[tuple[str, ...], ...]  # argv lists, run in order from `cwd`; the job fails at the first failure
     cwd: Path
     outputs: tuple[Path, ...]  # files the job leaves behind (written atomically), relative to cwd; all present = done
+    after: tuple[str, ...] = ()  # ids of jobs (of the same run) whose outputs this one reads
+    gpu: bool = False  # it trains a model (or runs Mimi on a GPU): on a cluster it gets the GPUs of a run
 
     def done(self) -> bool:
         return all((self.cwd / o).is_file() for o in self.outputs)
@@ -74,7 +79,7 @@ def _run_in_process(main: Any, argv: list[str]) -> int:
         return 1
 
 
-def _execute(steps: tuple[tuple[str, ...], ...], cwd: str, log_path: str, env: dict[str, str]) -> int:
+def run_steps(steps: tuple[tuple[str, ...], ...], cwd: str, log_path: str, env: dict[str, str]) -> int:
     """Run one job's steps in this worker, stdout and stderr (Python's and the C libraries') appended to its log."""
     with open(log_path, "a") as log:
         for step in steps:
@@ -111,35 +116,78 @@ def _in_process(main: Any, argv: list[str], cwd: str, log: Any) -> int:
         os.close(saved[1])
 
 
+def layers(jobs: Sequence[Job]) -> list[list[Job]]:
+    """The jobs in dependency layers: layer 0 waits on nothing, layer k on jobs of layers < k. Refuses repeated ids,
+    an `after` that names no job of the list, and a cycle."""
+    ids = [j.id for j in jobs]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise JobError(f"job ids must be distinct, got {repeated} more than once")
+    for job in jobs:
+        missing = [d for d in job.after if d not in ids]
+        if missing:
+            raise JobError(f"job {job.id} waits on {missing}, which are not jobs of this run")
+    out: list[list[Job]] = []
+    placed: set[str] = set()
+    pending = list(jobs)
+    while pending:
+        ready = [j for j in pending if placed.issuperset(j.after)]
+        if not ready:
+            raise JobError(f"jobs wait on each other in a cycle: {[j.id for j in pending]}")
+        out.append(ready)
+        placed.update(j.id for j in ready)
+        pending = [j for j in pending if j.id not in placed]
+    return out
+
+
 def run_jobs(jobs: Sequence[Job], n_jobs: int, log_dir: Path, *, progress: bool = True, desc: str = "jobs") -> dict:
-    """Run the unfinished jobs, `n_jobs` at a time, each slot with cores / n_jobs torch threads. Raises JobError
-    naming every failed job and its log after the others have finished."""
+    """Run the unfinished jobs, `n_jobs` at a time (each slot with cores / n_jobs torch threads), a job only once the
+    jobs it waits on are done. Raises JobError naming every failed job and its log after the others have finished
+    (a job waiting on a failed one is named as not run)."""
     if n_jobs < 1:
         raise JobError(f"jobs must be >= 1, got {n_jobs}")
+    layers(jobs)  # refuse a dependency that names nothing, or a cycle, before any work
     todo = [j for j in jobs if not j.done()]
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # this faceturn, not another
     failures: list[str] = []
+    failed: set[str] = set()
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="job", disable=not progress)
     t0 = time.perf_counter()
     if todo:
         context = get_context("spawn")  # a clean interpreter per slot (no forked threads or torch state)
         with ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {}
-            for job in todo:
-                log_path = Path(log_dir) / f"{job.id}.log"
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                futures[pool.submit(_execute, job.steps, str(job.cwd), str(log_path), env)] = (job, log_path)
-            for future in as_completed(futures):
-                job, log_path = futures[future]
-                try:
-                    code = future.result()
-                except Exception as e:  # the worker died (e.g. killed for memory): the pool is broken
-                    code = f"{type(e).__name__}: {e}"
-                if code != 0 or not job.done():
-                    failures.append(f"{job.id} (exit {code}; see {log_path})")
-                bar.update(1)
+            waiting = list(todo)  # in the given order (longest first), each started once its inputs are done
+            running: dict[Future, tuple[Job, Path]] = {}
+            unfinished = {j.id for j in todo}
+            while waiting or running:
+                for job in [j for j in waiting if not unfinished.intersection(j.after)]:
+                    waiting.remove(job)
+                    log_path = Path(log_dir) / f"{job.id}.log"
+                    log_path.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        running[pool.submit(run_steps, job.steps, str(job.cwd), str(log_path), env)] = (job, log_path)
+                    except BrokenProcessPool as e:  # a worker died earlier (e.g. killed for memory)
+                        failures.append(f"{job.id} (not run: {e})")
+                        failed.add(job.id)
+                if not running:  # the rest wait on failed jobs
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job, log_path = running.pop(future)
+                    try:
+                        code = future.result()
+                    except Exception as e:  # the worker died (e.g. killed for memory): the pool is broken
+                        code = f"{type(e).__name__}: {e}"
+                    if code != 0 or not job.done():
+                        failures.append(f"{job.id} (exit {code}; see {log_path})")
+                        failed.add(job.id)
+                    else:
+                        unfinished.discard(job.id)
+                    bar.update(1)
+            failures += [f"{j.id} (not run: waits on {', '.join(sorted(failed & set(j.after)) or j.after)})"
+                         for j in waiting]  # fmt: skip
     bar.close()
     if failures:
         raise JobError(f"{len(failures)} of {len(todo)} jobs failed: {'; '.join(failures)}")

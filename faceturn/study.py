@@ -24,10 +24,11 @@ from faceturn.eval.attribution import PRED_NAME, AttributionConfig, collect, pla
 from faceturn.eval.corpus import corpus_statistics
 from faceturn.eval.probe import ProbeConfig
 from faceturn.io import atomic_write_json
-from faceturn.jobs import Job, run_jobs
+from faceturn.jobs import Job
 from faceturn.recipe import TrainConfig, load_train_config
 from faceturn.report import format_headline, write_report
 from faceturn.results import Estimate, GroupReading, format_estimate, format_reading, read_group
+from faceturn.slurm import SlurmConfig, execute
 from faceturn.stats import MIN_CONVERSATIONS
 from faceturn.store import Corpus
 from faceturn.synth import generate_corpus, load_preset
@@ -89,6 +90,7 @@ class StudyConfig:
     aux: TrainConfig = field(default_factory=lambda: load_train_config("aux"))
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     render_conversations: int = 1  # viewer pages and MP4s for the first N test conversations of each corpus
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # resources with --executor slurm; no part of the results
 
     def __post_init__(self) -> None:
         if not self.corpora:
@@ -142,11 +144,16 @@ def ensure_corpora(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> di
 
 
 # ------------------------------------------------------------------------------------------------------ the runner
+def study_identity(cfg: StudyConfig | dict[str, Any]) -> dict[str, Any]:
+    """The configuration the results depend on: all of it but where the jobs ran ([slurm])."""
+    return {k: v for k, v in (cfg if isinstance(cfg, dict) else to_dict(cfg)).items() if k != "slurm"}
+
+
 def _check_study_folder(cfg: StudyConfig, out_dir: Path) -> None:
     """Save study.json; refuse a folder that holds a study with another configuration (results would mix)."""
     path = Path(out_dir) / "study.json"
     if path.exists():
-        if json.loads(path.read_text()) != to_dict(cfg):
+        if study_identity(json.loads(path.read_text())) != study_identity(cfg):
             raise FaceturnError(f"{path}: this folder holds a study with a different configuration; use a new --out")
         return
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -155,7 +162,7 @@ def _check_study_folder(cfg: StudyConfig, out_dir: Path) -> None:
 
 def plan_attribution(cfg: StudyConfig, plan_dir: Path, corpora: dict[str, Path]) -> list:
     """The attribution plan of this study (its full model is the study's aux model) into `plan_dir`."""
-    return plan_runs(cfg.aux, cfg.attribution, cfg.split, plan_dir, corpora, study=to_dict(cfg))
+    return plan_runs(cfg.aux, cfg.attribution, cfg.split, plan_dir, corpora, study=study_identity(cfg))
 
 
 def study_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> list[Job]:
@@ -179,7 +186,7 @@ def study_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> lis
             ("faceturn", "train", "--config", cfg_rel, "--corpus", c, "--out", run_rel, "--resume"),
             ("faceturn", "analyze", "--run", run_rel, "--corpus", c, "--out", f"step2/{name}", "--config",
              "configs/analyze.json"),
-        ), out_dir, (Path(f"step2/{name}/analysis.json"),)))  # fmt: skip
+        ), out_dir, (Path(f"step2/{name}/analysis.json"),), gpu=True))  # fmt: skip
         last.append(Job(f"step1/{name}", (
             ("faceturn", "probe", "--corpus", c, "--out", f"step1/{name}", "--config", "configs/probe.json"),
         ), out_dir, (Path(f"step1/{name}/probe.json"),)))  # fmt: skip
@@ -187,15 +194,19 @@ def study_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> lis
     return first + plan_jobs(out_dir / "attribution") + last
 
 
-def run_study(cfg: StudyConfig, out_dir: Path, *, jobs: int | None = None, progress: bool = True) -> dict:
-    """Run (or resume) the whole study into `out_dir`; returns the content of results.json."""
+def run_study(
+    cfg: StudyConfig, out_dir: Path, *, jobs: int | None = None, slurm: SlurmConfig | None = None, progress: bool = True
+) -> dict:
+    """Run (or resume) the whole study into `out_dir`, its jobs here (`jobs` at a time) or on SLURM (`slurm`'s
+    resources); returns the content of results.json."""
     out_dir = Path(out_dir)
     _check_study_folder(cfg, out_dir)
     corpora = ensure_corpora(cfg, out_dir, progress=progress)
     _corpus_facts(cfg, out_dir, corpora)
     n_jobs = jobs or cfg.attribution.jobs
-    run_jobs(study_jobs(cfg, out_dir, corpora), n_jobs, out_dir / "logs", progress=progress, desc="study runs")
-    run_jobs(step3_jobs(cfg, out_dir, corpora), n_jobs, out_dir / "logs", progress=progress, desc="step 3")
+    runs = study_jobs(cfg, out_dir, corpora) + step3_jobs(cfg, out_dir, corpora)
+    execute(runs, out_dir / "logs", n_jobs=n_jobs, slurm=slurm, name=f"faceturn-{cfg.name}", progress=progress,
+            desc="study runs")  # fmt: skip
     if not (out_dir / "attribution" / "results.json").is_file():
         collect(out_dir / "attribution", cfg.n_resamples, cfg.seed)
     results = _results(cfg, out_dir, corpora)
@@ -226,16 +237,17 @@ def _corpus_facts(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> 
 
 def step3_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> list[Job]:
     """Step 3 as jobs: `faceturn evaluate` on the aux model's predictions (the attribution's full model, first
-    training seed), thresholds for the event metrics from its validation predictions."""
+    training seed), thresholds for the event metrics from its validation predictions; each waits on that run."""
     jobs = []
     for name, path in corpora.items():
-        run = f"attribution/runs/{name}/full-s{cfg.attribution.seeds[0]}"
+        full = f"{name}/full-s{cfg.attribution.seeds[0]}"  # the attribution run's id
+        run = f"attribution/runs/{full}"
         jobs.append(Job(f"step3/{name}", ((
             "faceturn", "evaluate", "--pred", f"{run}/{PRED_NAME.format(split=cfg.split)}",
             "--val-pred", f"{run}/{PRED_NAME.format(split='val')}", "--corpus", str(Path(path).resolve()),
             "--split", cfg.split, "--out", f"step3/{name}", "--resamples", str(cfg.n_resamples),
             "--seed", str(cfg.seed), "--min-conversations", str(cfg.min_conversations),
-        ),), out_dir, (Path(f"step3/{name}/results.json"),)))  # fmt: skip
+        ),), out_dir, (Path(f"step3/{name}/results.json"),), after=(full,)))  # fmt: skip
     return jobs
 
 
@@ -442,7 +454,7 @@ def _results(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> dict[
         }  # fmt: skip
     results = {
         "format": RESULTS_FORMAT,
-        "study": {k: v for k, v in to_dict(cfg).items() if k != "corpora"},
+        "study": {k: v for k, v in study_identity(cfg).items() if k != "corpora"},
         "corpora_config": [to_dict(c) for c in cfg.corpora],
         "seed": cfg.seed,
         "n_resamples": cfg.n_resamples,
@@ -463,11 +475,13 @@ def reseed(cfg: StudyConfig, seed: int) -> StudyConfig:
     return replace(cfg, corpora=corpora, seed=seed, vanilla=vanilla, attribution=replace(cfg.attribution, seeds=seeds))
 
 
-def run_and_summarize(cfg: StudyConfig, out_dir: Path, *, jobs: int | None = None, progress: bool = True) -> str:
+def run_and_summarize(
+    cfg: StudyConfig, out_dir: Path, *, jobs: int | None = None, slurm: SlurmConfig | None = None, progress: bool = True
+) -> str:
     """Run (or resume) the study, time it, and return what a user should read: the report's paths, the recovery
     verdict for synthetic corpora, and the headline table."""
     t0 = time.perf_counter()
-    results = run_study(cfg, out_dir, jobs=jobs, progress=progress)
+    results = run_study(cfg, out_dir, jobs=jobs, slurm=slurm, progress=progress)
     elapsed_s = time.perf_counter() - t0
     atomic_write_json(Path(out_dir) / "timing.json", {"seconds": elapsed_s, "jobs": jobs or cfg.attribution.jobs})
     lines = [f"study {cfg.name!r}: finished in {elapsed_s:.0f} s → {Path(out_dir) / 'report.html'} "

@@ -136,3 +136,13 @@ def face_video(tmp_path_factory, viz_data) -> FaceVideo:
         for p in s.encode(None):
             c.mux(p)
     return video
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real one-node SLURM cluster on localhost for the session (skips, or fails under CI, when it cannot start);
+    see slurm_cluster.py."""
+    from slurm_cluster import start_cluster
+
+    with start_cluster() as cluster:
+        yield cluster

@@ -1,15 +1,18 @@
 """faceturn.jobs: a job is argv lists run without a shell (console scripts in warm workers, other programs as
-subprocesses); outputs decide what is done; a failure names its log."""
+subprocesses); outputs decide what is done; a job starts once the jobs it waits on are done; a failure names its
+log."""
 
 from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from faceturn.errors import JobError
-from faceturn.jobs import Job, run_jobs
+from faceturn.jobs import Job, layers, run_jobs
 
 HOSTILE = "c;cd ..;touch PWNED;echo $(touch X) `touch Y` 'q\" é"
 
@@ -39,3 +42,28 @@ def test_jobs_run_skip_when_done_and_name_the_failed_log(tmp_path):
         run_jobs([failing], 1, tmp_path / "logs", progress=False)
     log = (tmp_path / "logs" / "c.log").read_text()
     assert "nowhere" in log and "$ faceturn --version" not in log  # the first failing step ends the job
+
+
+def test_a_job_starts_once_the_jobs_it_waits_on_are_done(tmp_path):
+    slow = "import pathlib, time; time.sleep(0.5); pathlib.Path('a.txt').write_text('from a')"
+    copy = "import pathlib; pathlib.Path('b.txt').write_text(pathlib.Path('a.txt').read_text() + ', then b')"
+    a = Job("a", ((sys.executable, "-c", slow),), tmp_path, ("a.txt",))
+    b = Job("b", ((sys.executable, "-c", copy),), tmp_path, ("b.txt",), after=("a",))
+    fails = Job("f", ((sys.executable, "-c", "raise SystemExit(3)"),), tmp_path, ("f.txt",))
+    after = Job("g", ((sys.executable, "-c", "open('g.txt', 'w')"),), tmp_path, ("g.txt",), after=("f",))
+    with pytest.raises(JobError, match=r"2 of 4 jobs failed: f \(exit 3; see .*f\.log\); g \(not run: waits on f\)"):
+        run_jobs([b, a, fails, after], 2, tmp_path / "logs", progress=False)  # two slots, yet b waits for a
+    assert (tmp_path / "b.txt").read_text() == "from a, then b"
+    assert not (tmp_path / "g.txt").exists()
+
+
+def test_dependencies_that_name_nothing_or_go_round_are_refused():
+    job = Job("a", (("true",),), Path("."), ("x",), after=("nowhere",))
+    with pytest.raises(JobError, match=r"job a waits on \['nowhere'\], which are not jobs of this run"):
+        layers([job])
+    a = Job("a", (("true",),), Path("."), ("x",), after=("b",))
+    b = Job("b", (("true",),), Path("."), ("y",), after=("a",))
+    with pytest.raises(JobError, match="in a cycle"):
+        layers([a, b])
+    c = Job("c", (("true",),), Path("."), ("z",), after=("b",))
+    assert [[j.id for j in layer] for layer in layers([c, replace(b, after=())])] == [["b"], ["c"]]

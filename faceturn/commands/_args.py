@@ -1,6 +1,7 @@
 """Arguments that several subcommands share, so each is spelled, typed and explained once.
 
 One spelling per meaning: `--jobs N` (things at a time), `--no-progress` (no progress bars or live lines),
+`--executor local|slurm` with `--partition`, `--gpus-per-run`, ... (where a multi-job command's jobs run),
 `--config NAME|FILE` (the command's config), `--set KEY=VALUE` (type-checked overrides of it, repeatable;
 `args.overrides`), `--corpus`, `--run`, `--out`, `--force` (overwrite an earlier output of the same command).
 
@@ -12,9 +13,12 @@ never an existing file of another kind, and replaces an earlier output of its ow
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
+from faceturn.errors import ConfigError
 from faceturn.io import JSON_FILE, MARKDOWN_FILE, Inputs, atomic_write_json, atomic_write_text, check_output_dir
+from faceturn.slurm import SlurmConfig
 
 
 def add_jobs(parser: argparse.ArgumentParser, *, default: int | None = 1, help: str | None = None) -> None:
@@ -138,3 +142,45 @@ def write_result(command: str, out: Path | None, stem: str, result: dict, table:
         atomic_write_json(out / f"{stem}.json", result)
         atomic_write_text(out / f"{stem}.md", table + "\n")
         print(f"{command}: wrote {out / f'{stem}.json'}")
+
+
+# flags named as SlurmConfig's fields; each overrides the config's [slurm] value when given
+_SLURM_FLAGS = ("partition", "account", "gpus_per_run", "cpus_per_run", "mem_gb", "time_min", "poll_s")
+
+
+def add_executor(parser: argparse.ArgumentParser) -> None:
+    """`--executor local|slurm` and the SLURM resources (docs/slurm.md), read by `slurm_config`. Each resource
+    overrides a study config's [slurm] field; the defaults are `faceturn.slurm.SlurmConfig`'s."""
+    g = parser.add_argument_group("where the jobs run (docs/slurm.md; each resource overrides a study's [slurm])")
+    g.add_argument(
+        "--executor", choices=("local", "slurm"), default="local",
+        help="local: here, --jobs at a time (default); slurm: as SLURM job arrays, through submitit",
+    )  # fmt: skip
+    g.add_argument("--partition", metavar="NAME", help="SLURM partition (default: the cluster's)")
+    g.add_argument("--account", metavar="NAME", help="SLURM account to charge (default: yours)")
+    g.add_argument("--gpus-per-run", type=int, metavar="N",
+                   help="GPUs of a job that trains, or prepares unless --device cpu (default: 1)")  # fmt: skip
+    g.add_argument("--cpus-per-run", type=positive_int, metavar="N", help="CPUs of every job (default: 8)")
+    g.add_argument("--mem-gb", type=positive_int, metavar="GB", help="memory of every job (default: 64)")
+    g.add_argument("--time-min", type=positive_int, metavar="MIN",
+                   help="time limit of every job; a training job that reaches it resumes in a requeued job "
+                   "(default: 240)")  # fmt: skip
+    g.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                   help="another sbatch option, e.g. qos=high or constraint=h100 (repeatable)")  # fmt: skip
+    g.add_argument("--poll-s", type=float, metavar="S", help="seconds between looks at the queue (default: 30)")
+
+
+def slurm_config(args: argparse.Namespace, base: SlurmConfig | None = None) -> SlurmConfig | None:
+    """The resources for `--executor slurm` (`base`, e.g. a study's [slurm], with the flags given on top); None for
+    `--executor local`, where a SLURM flag is refused rather than ignored."""
+    given = {key: getattr(args, key) for key in _SLURM_FLAGS if getattr(args, key) is not None}
+    if args.executor == "local":
+        if given or args.sbatch:
+            flag = next(iter(given), "sbatch").replace("_", "-")
+            raise ConfigError(f"--{flag} is a SLURM resource: add --executor slurm")
+        return None
+    base = base or SlurmConfig()
+    try:
+        return replace(base, **given, sbatch=(*base.sbatch, *args.sbatch))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

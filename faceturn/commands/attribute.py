@@ -1,7 +1,8 @@
 """`faceturn attribute`: which face groups the turn-yield model uses, by retraining without each (plan/run/collect).
 
 faceturn attribute plan --config synthetic --out study/     # plan.json (argv lists), plan.txt (one line per run)
-faceturn attribute run study/ --jobs 2                       # resumable; or run plan.txt as a job array
+faceturn attribute run study/ --jobs 2                       # resumable; here, 2 runs at a time
+faceturn attribute run study/ --executor slurm --partition gpu  # resumable; a SLURM job array (docs/slurm.md)
 faceturn attribute collect study/                            # results.json + results.md
 """
 
@@ -10,7 +11,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from faceturn.commands._args import add_jobs, add_out, add_progress, add_study_config, config_input
+from faceturn.commands._args import (
+    add_executor,
+    add_jobs,
+    add_out,
+    add_progress,
+    add_study_config,
+    config_input,
+    slurm_config,
+)
 from faceturn.eval import attribution as att
 from faceturn.io import STUDY_FOLDER, check_output_dir
 from faceturn.study import ensure_corpora, load_study_config, plan_attribution
@@ -26,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, help="study folder with plan.json")
     add_jobs(p, default=None, help="runs at a time (default: the config's attribution.jobs)")
     add_progress(p, help="no progress bar")
+    add_executor(p)
     p = sub.add_parser("collect", help="ΔAUC per group and corpus with CIs, cross-corpus reading, post-hoc table")
     p.add_argument("dir", type=Path, help="study folder whose runs are finished")
     p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default: the config's)")
@@ -49,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"attribute plan: {len(runs)} runs ({done} already finished) → {args.out / 'plan.txt'}")
         return 0
     if args.action == "run":
-        info = att.run_plan(args.dir, args.jobs, progress=args.progress)
+        info = att.run_plan(args.dir, args.jobs, progress=args.progress, slurm=slurm_config(args))
         print(f"attribute run: {info['ran']} runs in {info['seconds']:.0f} s, {info['skipped']} already finished")
         return 0
     res = att.collect(args.dir, args.resamples, args.seed)

@@ -4,7 +4,9 @@ Every setting of `faceturn.prep` (Mimi, face, text, Silero, and the corpus' own)
 `--set key=value`, type-checked: keys of the shared settings (`face.crop_margin=0.6`, `mimi.chunk_s=10`,
 `silero.threshold=0.6`) or of the corpus (`gap.turn_gap_s=0.3`, `max_av_mismatch_s=0.5`). Re-running with the same
 arguments resumes; `--shard i/n` splits the conversations for cluster job arrays (run once more without it, or any
-shard again, to rebuild the manifest over everything written).
+shard again, to rebuild the manifest over everything written). `--executor slurm --shards N` does that itself: N
+shards as one SLURM job array (finished shards skipped, failed ones resubmitted on a re-run), then the manifest over
+everything written (docs/slurm.md).
 """
 
 from __future__ import annotations
@@ -13,15 +15,27 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from faceturn.commands._args import add_device, add_jobs, add_out, add_progress, add_set, config_input
+from faceturn.commands._args import (
+    add_device,
+    add_executor,
+    add_jobs,
+    add_out,
+    add_progress,
+    add_set,
+    config_input,
+    positive_int,
+    slurm_config,
+)
 from faceturn.config import apply_overrides
-from faceturn.errors import CorpusError
+from faceturn.errors import ConfigError, CorpusError
 from faceturn.io import CORPUS_FOLDER, check_output_dir
+from faceturn.jobs import Job
 from faceturn.prep import livelink, multidialog, recordings, seamless
 from faceturn.prep.audio_tokens import MimiSettings
 from faceturn.prep.face import FaceSettings
-from faceturn.prep.pipeline import PrepSettings, run_jobs
+from faceturn.prep.pipeline import PrepSettings, run_jobs, shard_summary
 from faceturn.prep.text import TextSettings
+from faceturn.slurm import SlurmConfig, execute
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -55,17 +69,22 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="keep the corpus' own splits (default) or assign new ones by participant")  # fmt: skip
     add_progress(p, help="no progress bar (logs, CI)")
     add_set(p, help="override any setting (repeatable)")
+    add_executor(p)
+    p.add_argument("--shards", type=positive_int, metavar="N",
+                   help="with --executor slurm: N shards, one SLURM job each (--jobs processes in each)")  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
-    s = sub.add_parser("seamless", help="Seamless Interaction (WebDataset tars and/or extracted folders)")
+    # options spelled in full (no abbreviations), so the shards' command lines are this one's minus the executor's
+    s = sub.add_parser("seamless", help="Seamless Interaction (WebDataset tars and/or extracted folders)",
+                       allow_abbrev=False)  # fmt: skip
     _common(s)
     s.add_argument("--labels", type=_csv, default=("improvised", "naturalistic"), help="comma list")
     s.add_argument("--split", type=_csv, default=("train", "dev", "test"), help="Seamless splits, comma list")
     s.add_argument("--va", choices=("auto", "annotations", "silero"), default="auto",
                    help="voice activity: the JSON's VAD/word times (auto falls back to Silero)")  # fmt: skip
-    m = sub.add_parser("multidialog", help="MultiDialog (tar.gz archives + metadata JSONL)")
+    m = sub.add_parser("multidialog", help="MultiDialog (tar.gz archives + metadata JSONL)", allow_abbrev=False)
     _common(m)
     m.add_argument("--subsets", type=_csv, default=("train", "valid_freq", "valid_rare", "test_freq", "test_rare"),
                    help="comma list (default: all five)")  # fmt: skip
@@ -77,10 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--work-dir", default="", help="archive extraction cache (default <out>/.multidialog-extracted)")
     m.add_argument("--va", choices=("silero", "utterance"), default="silero",
                    help="voice activity: Silero on each track (default) or whole utterance clips")  # fmt: skip
-    ll = sub.add_parser("livelink", help="your recordings: <root>/<id>/<name>.wav + Live Link Face <name>.csv")
+    ll = sub.add_parser("livelink", help="your recordings: <root>/<id>/<name>.wav + Live Link Face <name>.csv",
+                        allow_abbrev=False)  # fmt: skip
     _common(ll)
     ll.add_argument("--timecode-fps", type=float, default=60.0, help="frame base of the takes' timecodes")
-    rec = sub.add_parser("recordings", help="your recordings: <root>/<id>/<name>.wav (+ <name>.mp4/mkv/... video)")
+    rec = sub.add_parser("recordings", help="your recordings: <root>/<id>/<name>.wav (+ <name>.mp4/mkv/... video)",
+                         allow_abbrev=False)  # fmt: skip
     _common(rec)
 
 
@@ -91,6 +112,30 @@ def _split_overrides(items: list[str], prep_cls: type) -> tuple[list[str], list[
     return prep, [o for o in items if o not in prep]
 
 
+def shard_jobs(argv: list[str], out: Path, shards: int, gpu: bool) -> list[Job]:
+    """The command as given (argv after `faceturn`), minus the executor's options, once per shard: N jobs that each
+    prepare one shard and are finished when its summary exists (`faceturn.prep.pipeline.shard_summary`)."""
+    strip = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    add_executor(strip)
+    strip.add_argument("--shards")
+    _, own = strip.parse_known_args(argv[argv.index("prepare") + 1 :])
+    jobs = []
+    for i in range(shards):
+        step = ("faceturn", "prepare", *own, "--no-progress", "--shard", f"{i}/{shards}")
+        done = Path(out).resolve() / shard_summary(i, shards)
+        jobs.append(Job(f"prepare/shard-{i}-of-{shards}", (step,), Path.cwd(), (done,), gpu=gpu))
+    return jobs
+
+
+def _on_slurm(args: argparse.Namespace, slurm: SlurmConfig) -> None:
+    """Prepare every shard as a SLURM job and wait; the caller then rebuilds the manifest here."""
+    if args.shard != (0, 1):
+        raise ConfigError("--shard I/N prepares one shard by hand; with --executor slurm give --shards N instead")
+    jobs = shard_jobs(args.argv, args.out, args.shards or 1, gpu=args.device != "cpu")
+    execute(jobs, args.out / "logs", slurm=slurm, name=f"faceturn-prepare-{args.corpus}", progress=args.progress,
+            desc=f"prepare {args.corpus} shards")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.root.is_dir():
         raise CorpusError(f"{args.root}: folder not found")
@@ -98,6 +143,12 @@ def run(args: argparse.Namespace) -> int:
              for k in ("--mimi", "--face-model", "--text-model", "--video-root", "--recordings")}  # fmt: skip
     inputs = {"--root": args.root, **given}  # local models and media folders; hub ids are not paths
     check_output_dir(args.out, kind=CORPUS_FOLDER, inputs=inputs)
+    slurm = slurm_config(args)
+    if slurm is None and args.shards:
+        raise ConfigError("--shards N splits the preparation into SLURM jobs: add --executor slurm (here, --jobs N)")
+    if slurm is not None:  # every conversation is then written or logged as skipped: the run below only indexes
+        _on_slurm(args, slurm)  # and rebuilds the manifest over everything the shards wrote
+        args.retry_skipped = False
     prep = PrepSettings(
         mimi=MimiSettings(model=args.mimi, device=args.device),
         face=FaceSettings(model=args.face_model, gaze=args.gaze, crop="none" if args.no_crop else "auto"),

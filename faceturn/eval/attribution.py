@@ -37,7 +37,7 @@ from faceturn.config import from_dict, save_json, to_dict
 from faceturn.errors import FaceturnError
 from faceturn.eval.predict import Predictions
 from faceturn.io import atomic_write_json, atomic_write_text
-from faceturn.jobs import Job, run_jobs
+from faceturn.jobs import Job
 from faceturn.recipe import TrainConfig
 from faceturn.results import (
     Estimate,
@@ -51,6 +51,7 @@ from faceturn.results import (
     warning_lines,
 )
 from faceturn.schema import GROUP_NAMES, group_indices
+from faceturn.slurm import SlurmConfig, execute
 from faceturn.stats import MIN_CONVERSATIONS, flag_few_conversations, paired_delta_over_seeds
 
 PLAN_FORMAT = "faceturn-attribution-plan/3"
@@ -204,7 +205,7 @@ def plan_runs(
 
 
 def _jobs(study_dir: Path, runs: Sequence[PlannedRun]) -> list[Job]:
-    return [Job(r.id, r.steps, Path(study_dir), tuple(Path(o) for o in r.outputs)) for r in runs]
+    return [Job(r.id, r.steps, Path(study_dir), tuple(Path(o) for o in r.outputs), gpu=True) for r in runs]
 
 
 def posthoc_path(pred_rel: str, group: str) -> str:
@@ -233,12 +234,16 @@ def plan_jobs(study_dir: Path) -> list[Job]:
     return _jobs(study_dir, runs)
 
 
-def run_plan(study_dir: Path, jobs: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Execute every unfinished run of the plan, `jobs` at a time; logs go to logs/<run>.log. Interrupting is safe:
-    finished runs are skipped next time and interrupted ones resume from their newest complete checkpoint."""
+def run_plan(
+    study_dir: Path, jobs: int | None = None, progress: bool = True, slurm: SlurmConfig | None = None
+) -> dict[str, Any]:
+    """Execute every unfinished run of the plan, here `jobs` at a time or on SLURM (`slurm`'s resources, one job
+    array); logs go to logs/<run>.log. Interrupting is safe: finished runs are skipped next time and interrupted ones
+    resume from their newest complete checkpoint."""
     data, _ = load_plan(study_dir)
     n = jobs or data["study"]["attribution"]["jobs"]
-    return run_jobs(plan_jobs(study_dir), n, Path(study_dir) / "logs", progress=progress, desc="attribution runs")
+    return execute(plan_jobs(study_dir), Path(study_dir) / "logs", n_jobs=n, slurm=slurm, name="faceturn-attribution",
+                   progress=progress, desc="attribution runs")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------- collect

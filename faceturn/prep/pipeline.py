@@ -5,7 +5,8 @@ its reason). `run_jobs` drops jobs already written (the store writes each file a
 finished files whole and nothing else), drops jobs recorded in `skipped*.jsonl` by an earlier run, runs the rest
 in `--jobs` processes (each loads Mimi, the landmarker and friends once), appends every skip to the log as it
 happens, rebuilds the manifest and prints a summary. Bad input never stops a run; an internal error in one
-conversation is logged, retried on the next run, and makes the exit status 1.
+conversation is logged, retried on the next run, and makes the exit status 1. A run that ended without an internal
+error also writes its summary as shards/<i>-of-<n>.json, which marks the shard finished for `--executor slurm`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from faceturn.config import to_dict
 from faceturn.errors import ConfigError
-from faceturn.io import atomic_write_bytes
+from faceturn.io import atomic_write_bytes, atomic_write_json
 from faceturn.prep import BadInput
 from faceturn.prep.audio_tokens import MIMI_RATE_HZ, MimiEncoder, MimiSettings, mimi_frames
 from faceturn.prep.face import FaceSettings, FaceTrack, resolve_face_model
@@ -39,6 +40,12 @@ from faceturn.store import DEFAULT_SPLITS, Conversation, Corpus, CorpusWriter
 from faceturn.timebase import FRAME_S
 
 SKIP_LOG = "skipped.jsonl"
+
+
+def shard_summary(index: int, count: int) -> str:
+    """Where a run over shard `index` of `count` (0 of 1: everything) leaves its summary, relative to the corpus
+    folder, once it ended without an internal error: `prepare --executor slurm` counts a shard with it as finished."""
+    return f"shards/{index}-of-{count}.json"
 
 
 @dataclass
@@ -300,6 +307,8 @@ def run_jobs(
         "skip_log": str(log_path),
     }
     print(format_summary(summary))
+    if not counts["internal_error"]:
+        atomic_write_json(out / shard_summary(settings.shard_index, settings.shard_count), summary)
     return summary
 
 
