@@ -60,16 +60,32 @@ def runs(corpus_dir, tmp_path_factory):
     script.write_text(
         textwrap.dedent(
             """
-            import sys
+            import json, sys
             import torch
             torch.set_num_threads(1)
-            from faceturn import dist
+            from faceturn import dist, fsdp
+            from faceturn.model import from_config
             from faceturn.recipe import load_train_config
-            from faceturn.train import train
+            from faceturn.train import build_optimizer, train
             corpus, root, sets = sys.argv[1], sys.argv[2], sys.argv[3:]
-            dist.init_distributed("cpu")  # one process group for both runs (re-joining one is racy in torch)
+            info = dist.init_distributed("cpu")  # one process group for all runs (re-joining one is racy in torch)
             train(load_train_config("aux", [*sets, "parallel=fsdp"]), corpus, f"{root}/fsdp")
-            train(load_train_config("aux", [*sets, "parallel=fsdp", "stop_at_step=2"]), corpus, f"{root}/part")
+            part = [*sets, "parallel=fsdp", "stop_at_step=2", "activation_checkpointing=true"]
+            train(load_train_config("aux", part), corpus, f"{root}/part")
+
+            # what one process holds of weights, gradients and AdamW moments, for the memory estimate
+            cfg = load_train_config("aux", [*sets, "parallel=fsdp"])
+            model = from_config(cfg.model)
+            fsdp.shard(model, info, bf16=False)
+            optimizer = build_optimizer(model, cfg.optim, info.device)
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p)
+            optimizer.step()
+            held = [fsdp.local_tensor(t) for p in model.parameters() for t in (p, p.grad)]
+            held += [fsdp.local_tensor(v) for s in optimizer.state.values() for k, v in s.items() if k != "step"]
+            if info.is_main:  # rank 0 holds the largest shards
+                nbytes = sum(t.numel() * t.element_size() for t in held)
+                open(f"{root}/held.json", "w").write(json.dumps({"bytes": nbytes}))
             """
         )
     )
@@ -170,3 +186,18 @@ def test_switching_between_ddp_and_fsdp_or_lora_with_fsdp_is_refused(runs, corpu
         train(_cfg("parallel=fsdp", "optim.grad_accum=2"), corpus_dir, run, resume=True)
     with pytest.raises(ConfigError, match="a LoRA run .* fits one GPU"):
         load_train_config("lora", ["parallel=fsdp"])
+
+
+def test_the_memory_estimate_counts_what_a_process_holds(runs):
+    from faceturn.memory import estimate_fsdp
+
+    cfg = _cfg("parallel=fsdp")
+    estimate = estimate_fsdp(cfg.model, 2, cfg.data.window_frames)
+    held = json.loads((runs / "held.json").read_text())["bytes"]
+    assert estimate.sharded_state == held  # padded shards of fp32 weights, gradients and both moments
+    one = estimate_fsdp(cfg.model, 1, cfg.data.window_frames)
+    assert one.sharded_state == 16 * one.parameters == 4 * one.startup and held < one.sharded_state
+    no_checkpointing = estimate_fsdp(cfg.model, 2, cfg.data.window_frames, activation_checkpointing=False)
+    assert 0 < estimate.activations_per_window < no_checkpointing.activations_per_window
+    budget = estimate.total(3) + estimate.activations_per_window // 2
+    assert estimate.max_batch(budget) == 3 and estimate.total(3) == estimate.fixed + 3 * estimate.activations_per_window
