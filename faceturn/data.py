@@ -14,6 +14,12 @@ Global batch layout: a step consumes G = batch_size × world_size × grad_accum 
 samples [(a·world_size + r)·batch_size, +batch_size) of the step. One process with grad_accum × world_size
 micro-steps therefore sees the same micro-batches, in the same order, as the DDP run.
 
+Reading: every conversation of a split is read once before training (`WindowDataset.validate`: structure, content
+checksum, value ranges, so a damaged file fails before any work) and its labels computed; nothing else is kept. A
+window is then cut from the memory-mapped file (a bounded number stay mapped), so a corpus of thousands of hours is
+never held in memory: only its labels, 4 bytes a frame. With `data.workers` > 0, background processes cut the next
+steps' batches while the current step runs (`benchmarks/loader_throughput.py` measures how fast they are).
+
 "Face zeroed" (face dropout here, the face-zeroed condition at evaluation) means the model gets no face at all:
 values 0 *and* face_present = 0, so it sees its learned "missing face" input. Raw zeros with face_present = 1 would
 not be neutral: the standardize encoder maps them to -mean/std, a face nobody ever showed it.
@@ -23,7 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
+import mmap
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +44,7 @@ import torch
 from faceturn.errors import CheckpointError, ConfigError, CorpusError
 from faceturn.labels import EventConfig, turn_labels
 from faceturn.schema import N_CODEBOOKS, N_FACE
-from faceturn.store import Corpus
+from faceturn.store import Conversation, Corpus
 from faceturn.timebase import duration_to_frames
 
 
@@ -52,6 +60,8 @@ class DataConfig:
     val_split: str = "val"
     val_max_windows: int = field(default=256, metadata={"resumable": True})  # validation uses at most this many
     #                                                 fixed windows (evenly spaced over the tiling)
+    # background processes cutting the next steps' batches (0 = in the training process; 2 keep a GPU fed)
+    workers: int = field(default=0, metadata={"resumable": True})
 
     def __post_init__(self) -> None:
         if not self.window_s > 0:
@@ -62,6 +72,8 @@ class DataConfig:
             raise ConfigError(f"data.face_dropout must be a probability in [0, 1], got {self.face_dropout}")
         if self.val_max_windows < 1:
             raise ConfigError(f"data.val_max_windows must be >= 1, got {self.val_max_windows}")
+        if self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
 
     @property
     def window_frames(self) -> int:
@@ -117,24 +129,35 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class _Conversation:
-    """One conversation's arrays, converted once for fast window cutting."""
+class _Mapped:
+    """Where a validated conversation's tensors lie in its file, and the file as validated (size, mtime)."""
 
-    codes: np.ndarray  # [2, 8, T] int64
-    text: np.ndarray  # [2, T] int64
-    face: np.ndarray  # [2, T, 61] float32
-    face_present: np.ndarray  # [2, T] bool
+    path: Path
+    size: int
+    mtime_ns: int
+    tensors: dict[str, tuple[np.dtype, tuple[int, ...], int]]  # name → (dtype, shape, byte offset)
 
 
 @dataclass(frozen=True)
 class _Labels:
-    y: np.ndarray  # [T] float32
+    y: np.ndarray  # [T] uint8
     m: np.ndarray  # [T] bool
     holder: np.ndarray  # [2, T] int8, holder relative to self speaker 0 and 1
 
 
+def _layout(conv: Conversation) -> dict[str, tuple[np.dtype, tuple[int, ...], int]]:
+    """The dtype, shape and byte offset in the file of every tensor of a conversation faceturn.store memory-mapped
+    (its arrays are views of one map of the whole file)."""
+    arrays = conv.arrays()
+    base = conv.codes.base
+    if not isinstance(base, np.memmap) or any(a.base is not base for a in arrays.values()):
+        raise TypeError("expected the arrays of one memory-mapped conversation file")
+    origin = base.__array_interface__["data"][0]
+    return {name: (a.dtype, a.shape, a.__array_interface__["data"][0] - origin) for name, a in arrays.items()}
+
+
 class WindowDataset:
-    """Windows of one split of a corpus. Conversations are loaded lazily into a bounded cache; labels are kept."""
+    """Windows of one split of a corpus, cut from memory-mapped files; labels are computed once and kept."""
 
     def __init__(
         self,
@@ -142,7 +165,7 @@ class WindowDataset:
         split: str,
         window_frames: int,
         event_config: EventConfig | None = None,
-        max_cached_conversations: int = 1024,
+        max_mapped_conversations: int = 64,
     ) -> None:
         self.corpus = Corpus(corpus_root)
         self.split = split
@@ -155,53 +178,76 @@ class WindowDataset:
             raise CorpusError(f"{self.corpus.root}: no conversations in split {split!r}")
         by_id = {e.id: e for e in self.corpus.entries}
         self.n_frames = np.array([int(by_id[i].n_frames) for i in self.ids], dtype=np.int64)
-        self._cache: OrderedDict[int, _Conversation] = OrderedDict()
-        self._max_cached = max(1, int(max_cached_conversations))
+        self._layouts: dict[int, _Mapped] = {}  # validated conversations
         self._labels: dict[int, _Labels] = {}
+        self._maps: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()  # open maps (each holds a descriptor)
+        self._max_mapped = max(1, int(max_mapped_conversations))
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def load_all(self) -> None:
-        """Read and validate every conversation of the split now (they are cached for the windows), so a damaged file
-        is found before any work rather than at the first window that touches it."""
+    def validate(self) -> None:
+        """Read and check every conversation of the split now (structure, content checksum, value ranges) and compute
+        its labels, so a damaged file is found before any work rather than at the first window that touches it.
+        Nothing but the labels is kept: windows are cut from the files, memory-mapped."""
         for index in range(len(self.ids)):
-            self._conversation(index)
+            self._validated(index)
 
     def fingerprint(self) -> str:
         """Identifies the split's content layout (ids and lengths): a resumed run must see the same corpus."""
         blob = json.dumps([self.split, self.ids, self.n_frames.tolist(), self.window_frames]).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def _conversation(self, index: int) -> _Conversation:
-        conv = self._cache.get(index)
-        if conv is not None:
-            self._cache.move_to_end(index)
-            return conv
-        raw = self.corpus.load(self.ids[index])
-        t = raw.codes.shape[-1]
+    def conversation(self, index: int) -> Conversation:
+        """Conversation `index`, validated (fully, the first time) and memory-mapped."""
+        conv = self.corpus.load(self.ids[index], validate=index not in self._layouts)
+        t = conv.n_frames
         if t != self.n_frames[index]:
             raise CorpusError(
                 f"{self.corpus.root}: conversation {self.ids[index]!r} has {t} frames but the manifest says "
                 f"{self.n_frames[index]}"
             )
-        conv = _Conversation(
-            codes=np.asarray(raw.codes, dtype=np.int64),
-            text=np.asarray(raw.text, dtype=np.int64),
-            face=np.asarray(raw.face, dtype=np.float32),
-            face_present=np.asarray(raw.face_present).astype(bool),
-        )
-        if index not in self._labels:
-            self._labels[index] = self._compute_labels(raw.va)
-        self._cache[index] = conv
-        while len(self._cache) > self._max_cached:
-            self._cache.popitem(last=False)
+        if index not in self._layouts:
+            path = self.corpus.root / self.corpus.entry(self.ids[index]).file
+            st = path.stat()
+            self._layouts[index] = _Mapped(path, st.st_size, st.st_mtime_ns, _layout(conv))
+            self._labels[index] = self._compute_labels(conv.va)
         return conv
+
+    def _validated(self, index: int) -> _Mapped:
+        if index not in self._layouts:
+            self.conversation(index)
+        return self._layouts[index]
+
+    def _tensors(self, index: int) -> dict[str, np.ndarray]:
+        """Conversation `index`'s tensors as views of its memory-mapped file (a structure check the first time; then
+        only a check that the file is the one validated)."""
+        tensors = self._maps.get(index)
+        if tensors is not None:
+            self._maps.move_to_end(index)
+            return tensors
+        mapped = self._validated(index)
+        try:
+            st = mapped.path.stat()
+            if (st.st_size, st.st_mtime_ns) != (mapped.size, mapped.mtime_ns):
+                raise CorpusError(f"{mapped.path}: changed since it was validated (size or modification time)")
+            with open(mapped.path, "rb") as fh:
+                buffer = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise CorpusError(f"{mapped.path}: cannot be read ({e.strerror or e})") from None
+        tensors = {
+            name: np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset)
+            for name, (dtype, shape, offset) in mapped.tensors.items()
+        }
+        self._maps[index] = tensors
+        while len(self._maps) > self._max_mapped:
+            self._maps.popitem(last=False)
+        return tensors
 
     def _compute_labels(self, va: np.ndarray) -> _Labels:
         lab = turn_labels(np.asarray(va), self.event_config)
         holder = np.stack([np.asarray(lab.floor_relative(s), dtype=np.int8) for s in (0, 1)])
-        return _Labels(y=np.asarray(lab.y, dtype=np.float32), m=np.asarray(lab.m, dtype=bool), holder=holder)
+        return _Labels(y=np.asarray(lab.y, dtype=np.uint8), m=np.asarray(lab.m, dtype=bool), holder=holder)
 
     def max_start(self, index: int) -> int:
         """Last start frame of a full window (0 when the conversation is shorter than a window)."""
@@ -225,18 +271,18 @@ class WindowDataset:
         valid = np.zeros((b, w), dtype=bool)
         dropped = np.zeros(b, dtype=bool)
         for j, (ci, s, start, drop) in enumerate(samples):
-            conv = self._conversation(ci)
+            conv = self._tensors(ci)
             lab = self._labels[ci]
             stop = min(start + w, int(self.n_frames[ci]))
             n = stop - start
             if n <= 0 or start < 0:
                 raise ValueError(f"window start {start} outside conversation {self.ids[ci]!r}")
             o = 1 - s
-            text[j, :n] = conv.text[s, start:stop]
-            self_codes[j, :, :n] = conv.codes[s, :, start:stop]
-            other_codes[j, :, :n] = conv.codes[o, :, start:stop]
-            face[j, :n] = conv.face[o, start:stop]
-            face_present[j, :n] = conv.face_present[o, start:stop]
+            text[j, :n] = conv["text"][s, start:stop]  # the stored dtypes widen on assignment
+            self_codes[j, :, :n] = conv["codes"][s, :, start:stop]
+            other_codes[j, :, :n] = conv["codes"][o, :, start:stop]
+            face[j, :n] = conv["face"][o, start:stop]
+            face_present[j, :n] = conv["face_present"][o, start:stop]
             y[j, :n] = lab.y[start:stop]
             m[j, :n] = lab.m[start:stop]
             holder[j, :n] = lab.holder[s, start:stop]
@@ -277,6 +323,7 @@ class WindowLoader:
         grad_accum: int = 1,
         world_size: int = 1,
         rank: int = 0,
+        workers: int = 0,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
@@ -290,6 +337,8 @@ class WindowLoader:
         self.world_size = world_size
         self.rank = rank
         self.next_step = 0
+        self.workers = int(workers)
+        self._ahead: Iterator[list[Batch]] | None = None  # the workers' stream, from next_step on
         reps = dataset.windows_per_epoch()
         # One epoch = every (conversation, perspective) pair, repeated so the epoch covers each conversation once.
         conv = np.repeat(np.arange(len(dataset)), reps)
@@ -337,9 +386,24 @@ class WindowLoader:
             out.append([self.sample(first + j) for j in range(self.batch_size)])
         return out
 
+    def step_batches(self, step: int) -> list[Batch]:
+        """This process's micro-batches of global step `step`, cut now."""
+        return [self.dataset.batch(samples) for samples in self.step_samples(step)]
+
     def next_batches(self) -> list[Batch]:
-        """The micro-batches of the next global step for this process; advances the state."""
-        batches = [self.dataset.batch(samples) for samples in self.step_samples(self.next_step)]
+        """The micro-batches of the next global step for this process; advances the state. With workers, they were
+        cut ahead by background processes (the same batches: each is a function of its step)."""
+        if self.workers == 0:
+            batches = self.step_batches(self.next_step)
+        else:
+            if self._ahead is None:
+                self._ahead = iter(
+                    torch.utils.data.DataLoader(
+                        _Steps(self), batch_size=None, sampler=itertools.count(self.next_step),
+                        num_workers=self.workers, prefetch_factor=2,
+                    )
+                )  # fmt: skip
+            batches = next(self._ahead)
         self.next_step += 1
         return batches
 
@@ -369,6 +433,17 @@ class WindowLoader:
         if not isinstance(step, int) or step < 0:
             raise CheckpointError(f"data loader state: next_step must be an integer >= 0, got {step!r}")
         self.next_step = step
+        self._ahead = None  # workers restart from the new step
+
+
+class _Steps(torch.utils.data.Dataset):
+    """Step i → a loader's micro-batches of global step i: what its workers compute (cutting windows only reads)."""
+
+    def __init__(self, loader: WindowLoader) -> None:
+        self.loader = loader
+
+    def __getitem__(self, step: int) -> list[Batch]:
+        return self.loader.step_batches(step)
 
 
 def validation_windows(dataset: WindowDataset, max_windows: int) -> list[tuple[int, int, int, bool]]:
@@ -400,8 +475,8 @@ def face_statistics(dataset: WindowDataset) -> tuple[np.ndarray, np.ndarray]:
     total = np.zeros(N_FACE, np.float64)
     total_sq = np.zeros(N_FACE, np.float64)
     count = 0
-    for i in dataset.ids:
-        conv = dataset.corpus.load(i)
+    for index in range(len(dataset)):
+        conv = dataset.conversation(index)
         present = np.asarray(conv.face_present).astype(bool)
         x = np.asarray(conv.face, dtype=np.float64)[present]  # [n, 61]
         total += x.sum(0)

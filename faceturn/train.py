@@ -262,7 +262,7 @@ class _Session:
         train_ds = WindowDataset(corpus_dir, cfg.data.train_split, window_frames, cfg.labels)
         self.loader = WindowLoader(
             train_ds, cfg.data.batch_size, cfg.data.seed, cfg.data.face_dropout, cfg.optim.grad_accum,
-            info.world_size, info.rank,
+            info.world_size, info.rank, cfg.data.workers,
         )  # fmt: skip
         self.val_ds = self.val_windows = None
         if info.is_main or self.sharded:  # a sharded model validates on every process
@@ -270,7 +270,7 @@ class _Session:
             self.val_windows = validation_windows(self.val_ds, cfg.data.val_max_windows)
         for ds in (train_ds, self.val_ds):  # a damaged file fails now, not after hours of training
             if ds is not None:
-                ds.load_all()
+                ds.validate()
 
         if cfg.lora.rank and not (cfg.init_from or start):
             raise ConfigError(
