@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import mmap
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -258,18 +259,11 @@ class WindowDataset:
         return np.maximum(1, np.rint(self.n_frames / self.window_frames)).astype(np.int64)
 
     def batch(self, samples: Sequence[tuple[int, int, int, bool]]) -> Batch:
-        """Cut windows (conversation index, self speaker, start frame, face dropped) and stack them."""
+        """Cut windows (conversation index, self speaker, start frame, face dropped) and stack them. Every tensor
+        of the batch is a view of one buffer, so a loader worker hands it over as one shared-memory block."""
         b, w = len(samples), self.window_frames
-        text = np.full((b, w), -1, dtype=np.int64)
-        self_codes = np.full((b, N_CODEBOOKS, w), -1, dtype=np.int64)
-        other_codes = np.full((b, N_CODEBOOKS, w), -1, dtype=np.int64)
-        face = np.zeros((b, w, N_FACE), dtype=np.float32)
-        face_present = np.zeros((b, w), dtype=bool)
-        y = np.zeros((b, w), dtype=np.float32)
-        m = np.zeros((b, w), dtype=bool)
-        holder = np.full((b, w), -1, dtype=np.int8)
-        valid = np.zeros((b, w), dtype=bool)
-        dropped = np.zeros(b, dtype=bool)
+        t = _batch_tensors(b, w)
+        a = {name: v.numpy() for name, v in t.items()}  # the same memory, filled with numpy
         for j, (ci, s, start, drop) in enumerate(samples):
             conv = self._tensors(ci)
             lab = self._labels[ci]
@@ -278,33 +272,44 @@ class WindowDataset:
             if n <= 0 or start < 0:
                 raise ValueError(f"window start {start} outside conversation {self.ids[ci]!r}")
             o = 1 - s
-            text[j, :n] = conv["text"][s, start:stop]  # the stored dtypes widen on assignment
-            self_codes[j, :, :n] = conv["codes"][s, :, start:stop]
-            other_codes[j, :, :n] = conv["codes"][o, :, start:stop]
-            face[j, :n] = conv["face"][o, start:stop]
-            face_present[j, :n] = conv["face_present"][o, start:stop]
-            y[j, :n] = lab.y[start:stop]
-            m[j, :n] = lab.m[start:stop]
-            holder[j, :n] = lab.holder[s, start:stop]
-            valid[j, :n] = True
-            dropped[j] = drop
-        face_t, present_t = torch.from_numpy(face), torch.from_numpy(face_present)
-        if dropped.any():
-            face_t, present_t = zero_face(face_t, present_t, torch.from_numpy(dropped))
-        return Batch(
-            text=torch.from_numpy(text),
-            self_codes=torch.from_numpy(self_codes),
-            other_codes=torch.from_numpy(other_codes),
-            face=face_t,
-            face_present=present_t,
-            y=torch.from_numpy(y),
-            m=torch.from_numpy(m),
-            holder=torch.from_numpy(holder),
-            valid=torch.from_numpy(valid),
-            self_speaker=torch.tensor([s for _, s, _, _ in samples], dtype=torch.long),
-            start_frame=torch.tensor([st for _, _, st, _ in samples], dtype=torch.long),
-            conversation=[self.ids[ci] for ci, _, _, _ in samples],
-        )
+            a["text"][j, :n] = conv["text"][s, start:stop]  # the stored dtypes widen on assignment
+            a["self_codes"][j, :, :n] = conv["codes"][s, :, start:stop]
+            a["other_codes"][j, :, :n] = conv["codes"][o, :, start:stop]
+            if not drop:  # a dropped face stays zero and absent (zero_face)
+                a["face"][j, :n] = conv["face"][o, start:stop]
+                a["face_present"][j, :n] = conv["face_present"][o, start:stop]
+            a["y"][j, :n] = lab.y[start:stop]
+            a["m"][j, :n] = lab.m[start:stop]
+            a["holder"][j, :n] = lab.holder[s, start:stop]
+            a["valid"][j, :n] = True
+            a["self_speaker"][j], a["start_frame"][j] = s, start
+        return Batch(**t, conversation=[self.ids[ci] for ci, _, _, _ in samples])
+
+
+_PADDING = {"text": -1, "self_codes": -1, "other_codes": -1, "holder": -1}  # the rest pads with 0 / False
+
+
+def _batch_tensors(b: int, w: int) -> dict[str, torch.Tensor]:
+    """The tensors of a batch of b windows of w frames, filled with their padding, as views of one buffer."""
+    layout = {
+        "text": (torch.int64, (b, w)), "self_codes": (torch.int64, (b, N_CODEBOOKS, w)),
+        "other_codes": (torch.int64, (b, N_CODEBOOKS, w)), "face": (torch.float32, (b, w, N_FACE)),
+        "face_present": (torch.bool, (b, w)), "y": (torch.float32, (b, w)), "m": (torch.bool, (b, w)),
+        "holder": (torch.int8, (b, w)), "valid": (torch.bool, (b, w)), "self_speaker": (torch.int64, (b,)),
+        "start_frame": (torch.int64, (b,)),
+    }  # fmt: skip
+    sizes = {name: math.prod(shape) * dtype.itemsize for name, (dtype, shape) in layout.items()}
+    offsets, end = {}, 0
+    for name, size in sizes.items():
+        offsets[name] = end
+        end += -(-size // 8) * 8  # every view starts 8-byte aligned
+    buffer = torch.zeros(end, dtype=torch.uint8)
+    out = {}
+    for name, (dtype, shape) in layout.items():
+        out[name] = buffer[offsets[name] : offsets[name] + sizes[name]].view(dtype).view(shape)
+        if name in _PADDING:
+            out[name].fill_(_PADDING[name])
+    return out
 
 
 class WindowLoader:

@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -91,10 +92,17 @@ def runs(corpus_dir, tmp_path_factory):
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
-    proc = subprocess.run(
-        [*cmd, str(corpus_dir), str(root), *BASE, *STEPS], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen(
+        [*cmd, str(corpus_dir), str(root), *BASE, *STEPS], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, not torchrun alone
+        _, err = proc.communicate()
+        pytest.fail(f"two FSDP processes did not finish in 300 s: {err[-3000:]}")
+    assert proc.returncode == 0, err[-3000:]
     train(_cfg("optim.grad_accum=2"), corpus_dir, root / "single")
     return root
 
