@@ -28,6 +28,7 @@ def activation_bytes(model: nn.Module, window_frames: int, activation_checkpoint
     at a time (the largest)."""
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     saved: dict[int, tuple[int, str]] = {}  # storage → (bytes, region)
+    kept: list[torch.Tensor] = []  # alive until counted: a freed storage's address may come back for another one
     region = ["outside"]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -37,6 +38,7 @@ def activation_bytes(model: nn.Module, window_frames: int, activation_checkpoint
             if t.dim() >= 3 and t.shape[-1] == t.shape[-2] and t.shape[-1] > 1:  # attention probabilities
                 n = t[..., 0].numel() * 4  # flash attention keeps the log-sum-exp (fp32) instead
             saved[key] = (n, region[0])
+            kept.append(t)
         return t
 
     layers = {f"{stack}.{i}": layer for stack in ("transformer", "depformer")
