@@ -16,9 +16,10 @@ micro-steps therefore sees the same micro-batches, in the same order, as the DDP
 
 Reading: every conversation of a split is read once before training (`WindowDataset.validate`: structure, content
 checksum, value ranges, so a damaged file fails before any work) and its labels computed; nothing else is kept. A
-window is then cut from the memory-mapped file (a bounded number stay mapped), so a corpus of thousands of hours is
-never held in memory: only its labels, 4 bytes a frame. With `data.workers` > 0, background processes cut the next
-steps' batches while the current step runs (`benchmarks/loader_throughput.py` measures how fast they are).
+window is then cut from the memory-mapped file (at most 512 stay mapped, fewer under a low file-descriptor limit),
+so a corpus of thousands of hours is never held in memory: only its labels, 4 bytes a frame. With `data.workers` >
+0, background processes cut the next steps' batches while the current step runs (`benchmarks/loader_throughput.py`
+measures how fast they are).
 
 "Face zeroed" (face dropout here, the face-zeroed condition at evaluation) means the model gets no face at all:
 values 0 *and* face_present = 0, so it sees its learned "missing face" input. Raw zeros with face_present = 1 would
@@ -29,10 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import math
 import mmap
+import multiprocessing
+import queue
+import resource
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from faceturn.errors import CheckpointError, ConfigError, CorpusError
+from faceturn.errors import CheckpointError, ConfigError, CorpusError, FaceturnError
 from faceturn.labels import EventConfig, turn_labels
 from faceturn.schema import N_CODEBOOKS, N_FACE
 from faceturn.store import Conversation, Corpus
@@ -146,6 +150,13 @@ class _Labels:
     holder: np.ndarray  # [2, T] int8, holder relative to self speaker 0 and 1
 
 
+def _descriptor_budget() -> int:
+    """How many files one process may keep mapped: each map holds a file descriptor, and a process (the trainer and
+    each loader worker) should leave most of its descriptor limit to everything else."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 30 if soft == resource.RLIM_INFINITY else max(1, soft // 8)
+
+
 def _layout(conv: Conversation) -> dict[str, tuple[np.dtype, tuple[int, ...], int]]:
     """The dtype, shape and byte offset in the file of every tensor of a conversation faceturn.store memory-mapped
     (its arrays are views of one map of the whole file)."""
@@ -166,7 +177,7 @@ class WindowDataset:
         split: str,
         window_frames: int,
         event_config: EventConfig | None = None,
-        max_mapped_conversations: int = 64,
+        max_mapped_conversations: int = 512,
     ) -> None:
         self.corpus = Corpus(corpus_root)
         self.split = split
@@ -182,7 +193,7 @@ class WindowDataset:
         self._layouts: dict[int, _Mapped] = {}  # validated conversations
         self._labels: dict[int, _Labels] = {}
         self._maps: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()  # open maps (each holds a descriptor)
-        self._max_mapped = max(1, int(max_mapped_conversations))
+        self._max_mapped = max(1, min(int(max_mapped_conversations), _descriptor_budget()))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -220,7 +231,7 @@ class WindowDataset:
             self.conversation(index)
         return self._layouts[index]
 
-    def _tensors(self, index: int) -> dict[str, np.ndarray]:
+    def _tensors(self, index: int) -> dict[str, Any]:
         """Conversation `index`'s tensors as views of its memory-mapped file (a structure check the first time; then
         only a check that the file is the one validated)."""
         tensors = self._maps.get(index)
@@ -232,14 +243,16 @@ class WindowDataset:
             st = mapped.path.stat()
             if (st.st_size, st.st_mtime_ns) != (mapped.size, mapped.mtime_ns):
                 raise CorpusError(f"{mapped.path}: changed since it was validated (size or modification time)")
-            with open(mapped.path, "rb") as fh:
-                buffer = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            with open(mapped.path, "rb") as fh:  # private and copy-on-write: nothing ever reaches the file
+                buffer = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
         except OSError as e:
             raise CorpusError(f"{mapped.path}: cannot be read ({e.strerror or e})") from None
-        tensors = {
+        tensors: dict[str, Any] = {
             name: np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset)
             for name, (dtype, shape, offset) in mapped.tensors.items()
+            if name != "va"  # labels are computed
         }
+        tensors["face"] = torch.from_numpy(tensors["face"])  # torch widens float16 with SIMD, numpy 12× slower
         self._maps[index] = tensors
         while len(self._maps) > self._max_mapped:
             self._maps.popitem(last=False)
@@ -258,11 +271,12 @@ class WindowDataset:
         """Windows per perspective and epoch, so that an epoch covers each conversation about once."""
         return np.maximum(1, np.rint(self.n_frames / self.window_frames)).astype(np.int64)
 
-    def batch(self, samples: Sequence[tuple[int, int, int, bool]]) -> Batch:
+    def batch(self, samples: Sequence[tuple[int, int, int, bool]], out: torch.Tensor | None = None) -> Batch:
         """Cut windows (conversation index, self speaker, start frame, face dropped) and stack them. Every tensor
-        of the batch is a view of one buffer, so a loader worker hands it over as one shared-memory block."""
+        of the batch is a view of one byte buffer: a new one, or `out` (batch_nbytes long; loader workers cut into
+        shared memory)."""
         b, w = len(samples), self.window_frames
-        t = _batch_tensors(b, w)
+        t = _batch_tensors(b, w, out)
         a = {name: v.numpy() for name, v in t.items()}  # the same memory, filled with numpy
         for j, (ci, s, start, drop) in enumerate(samples):
             conv = self._tensors(ci)
@@ -276,7 +290,7 @@ class WindowDataset:
             a["self_codes"][j, :, :n] = conv["codes"][s, :, start:stop]
             a["other_codes"][j, :, :n] = conv["codes"][o, :, start:stop]
             if not drop:  # a dropped face stays zero and absent (zero_face)
-                a["face"][j, :n] = conv["face"][o, start:stop]
+                t["face"][j, :n] = conv["face"][o, start:stop]
                 a["face_present"][j, :n] = conv["face_present"][o, start:stop]
             a["y"][j, :n] = lab.y[start:stop]
             a["m"][j, :n] = lab.m[start:stop]
@@ -289,25 +303,40 @@ class WindowDataset:
 _PADDING = {"text": -1, "self_codes": -1, "other_codes": -1, "holder": -1}  # the rest pads with 0 / False
 
 
-def _batch_tensors(b: int, w: int) -> dict[str, torch.Tensor]:
-    """The tensors of a batch of b windows of w frames, filled with their padding, as views of one buffer."""
-    layout = {
+def _batch_layout(b: int, w: int) -> tuple[dict[str, tuple[torch.dtype, tuple[int, ...], int]], int]:
+    """Where each tensor of a batch of b windows of w frames lies in its buffer: name → (dtype, shape, byte offset),
+    and the buffer's length. Every tensor starts 8-byte aligned."""
+    shapes = {
         "text": (torch.int64, (b, w)), "self_codes": (torch.int64, (b, N_CODEBOOKS, w)),
         "other_codes": (torch.int64, (b, N_CODEBOOKS, w)), "face": (torch.float32, (b, w, N_FACE)),
         "face_present": (torch.bool, (b, w)), "y": (torch.float32, (b, w)), "m": (torch.bool, (b, w)),
         "holder": (torch.int8, (b, w)), "valid": (torch.bool, (b, w)), "self_speaker": (torch.int64, (b,)),
         "start_frame": (torch.int64, (b,)),
     }  # fmt: skip
-    sizes = {name: math.prod(shape) * dtype.itemsize for name, (dtype, shape) in layout.items()}
-    offsets, end = {}, 0
-    for name, size in sizes.items():
-        offsets[name] = end
-        end += -(-size // 8) * 8  # every view starts 8-byte aligned
-    buffer = torch.zeros(end, dtype=torch.uint8)
+    layout, end = {}, 0
+    for name, (dtype, shape) in shapes.items():
+        layout[name] = (dtype, shape, end)
+        end += -(-math.prod(shape) * dtype.itemsize // 8) * 8
+    return layout, end
+
+
+def batch_nbytes(b: int, w: int) -> int:
+    """Bytes of the buffer that holds a batch of b windows of w frames."""
+    return _batch_layout(b, w)[1]
+
+
+def _batch_tensors(b: int, w: int, buffer: torch.Tensor | None = None, fill: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of a batch of b windows of w frames as views of one byte buffer (a new one, or `buffer`), filled
+    with their padding (unless not `fill`: views of a batch already cut into `buffer`)."""
+    layout, end = _batch_layout(b, w)
+    if buffer is None:
+        buffer = torch.zeros(end, dtype=torch.uint8)
+    elif fill:
+        buffer.zero_()
     out = {}
-    for name, (dtype, shape) in layout.items():
-        out[name] = buffer[offsets[name] : offsets[name] + sizes[name]].view(dtype).view(shape)
-        if name in _PADDING:
+    for name, (dtype, shape, offset) in layout.items():
+        out[name] = buffer[offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+        if fill and name in _PADDING:
             out[name].fill_(_PADDING[name])
     return out
 
@@ -343,7 +372,7 @@ class WindowLoader:
         self.rank = rank
         self.next_step = 0
         self.workers = int(workers)
-        self._ahead: Iterator[list[Batch]] | None = None  # the workers' stream, from next_step on
+        self._ahead: _Workers | None = None  # the workers cutting from next_step on
         reps = dataset.windows_per_epoch()
         # One epoch = every (conversation, perspective) pair, repeated so the epoch covers each conversation once.
         conv = np.repeat(np.arange(len(dataset)), reps)
@@ -391,9 +420,27 @@ class WindowLoader:
             out.append([self.sample(first + j) for j in range(self.batch_size)])
         return out
 
-    def step_batches(self, step: int) -> list[Batch]:
-        """This process's micro-batches of global step `step`, cut now."""
-        return [self.dataset.batch(samples) for samples in self.step_samples(step)]
+    def step_batches(self, step: int, out: torch.Tensor | None = None) -> list[Batch]:
+        """This process's micro-batches of global step `step`, cut now (into `out`, step_nbytes long, if given)."""
+        size = batch_nbytes(self.batch_size, self.dataset.window_frames)
+        return [
+            self.dataset.batch(samples, None if out is None else out[i * size : (i + 1) * size])
+            for i, samples in enumerate(self.step_samples(step))
+        ]
+
+    @property
+    def step_nbytes(self) -> int:
+        """Bytes of the buffer that holds one step's micro-batches."""
+        return self.grad_accum * batch_nbytes(self.batch_size, self.dataset.window_frames)
+
+    def step_views(self, buffer: torch.Tensor, conversations: list[list[str]]) -> list[Batch]:
+        """The micro-batches of a step already cut into `buffer` (step_batches' `out`), as views of it."""
+        size = batch_nbytes(self.batch_size, self.dataset.window_frames)
+        return [
+            Batch(**_batch_tensors(self.batch_size, self.dataset.window_frames, buffer[i * size : (i + 1) * size],
+                                   fill=False), conversation=ids)
+            for i, ids in enumerate(conversations)
+        ]  # fmt: skip
 
     def next_batches(self) -> list[Batch]:
         """The micro-batches of the next global step for this process; advances the state. With workers, they were
@@ -402,13 +449,8 @@ class WindowLoader:
             batches = self.step_batches(self.next_step)
         else:
             if self._ahead is None:
-                self._ahead = iter(
-                    torch.utils.data.DataLoader(
-                        _Steps(self), batch_size=None, sampler=itertools.count(self.next_step),
-                        num_workers=self.workers, prefetch_factor=2,
-                    )
-                )  # fmt: skip
-            batches = next(self._ahead)
+                self._ahead = _Workers(self, self.next_step, self.workers)
+            batches = self._ahead.next()
         self.next_step += 1
         return batches
 
@@ -438,17 +480,80 @@ class WindowLoader:
         if not isinstance(step, int) or step < 0:
             raise CheckpointError(f"data loader state: next_step must be an integer >= 0, got {step!r}")
         self.next_step = step
-        self._ahead = None  # workers restart from the new step
+        if self._ahead is not None:
+            self._ahead.close()  # workers restart from the new step
+        self._ahead = None
 
 
-class _Steps(torch.utils.data.Dataset):
-    """Step i → a loader's micro-batches of global step i: what its workers compute (cutting windows only reads)."""
+class _Workers:
+    """Background processes cutting a loader's next steps. Worker i of n cuts steps first + i, first + i + n, ...
+    each into one of its `depth` buffers of shared memory, allocated once (no memory is mapped or faulted per step);
+    the training process copies a step out of its buffer (the batches it returns are its own) and hands the buffer
+    back. A worker's error is raised in the training process."""
 
-    def __init__(self, loader: WindowLoader) -> None:
-        self.loader = loader
+    def __init__(self, loader: WindowLoader, first: int, n: int, depth: int = 2) -> None:
+        ctx = multiprocessing.get_context("fork")  # the workers inherit the dataset, its labels and the buffers
+        self.loader, self.first, self.next_step, self.n = loader, first, first, n
+        self.buffers = [torch.empty(loader.step_nbytes, dtype=torch.uint8).share_memory_() for _ in range(n * depth)]
+        self.free = [ctx.SimpleQueue() for _ in range(n)]
+        self.done = [ctx.Queue() for _ in range(n)]
+        for i in range(n):
+            for slot in range(i * depth, (i + 1) * depth):
+                self.free[i].put(slot)
+        self.processes = [
+            ctx.Process(target=_cut_ahead, args=(loader, first + i, n, self.buffers, self.free[i], self.done[i]),
+                        daemon=True, name=f"faceturn-loader-{i}")
+            for i in range(n)
+        ]  # fmt: skip
+        for process in self.processes:
+            process.start()
+        self._stop = weakref.finalize(self, _stop_workers, self.processes)
 
-    def __getitem__(self, step: int) -> list[Batch]:
-        return self.loader.step_batches(step)
+    def next(self) -> list[Batch]:
+        i = (self.next_step - self.first) % self.n
+        while True:
+            try:
+                step, slot, payload = self.done[i].get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self.processes[i].is_alive():
+                    raise RuntimeError(
+                        f"data loader worker {i} exited (code {self.processes[i].exitcode}) before step "
+                        f"{self.next_step}"
+                    ) from None
+        if slot is None:
+            raise payload
+        if step != self.next_step:
+            raise RuntimeError(f"data loader worker {i} sent step {step}, expected {self.next_step}")
+        own = self.buffers[slot].clone()
+        self.free[i].put(slot)
+        self.next_step += 1
+        return self.loader.step_views(own, payload)
+
+    def close(self) -> None:
+        self._stop()
+
+
+def _cut_ahead(loader: WindowLoader, step: int, stride: int, buffers, free, done) -> None:
+    """A worker: cut steps step, step + stride, ... into the free buffers, announcing each (step, buffer, ids)."""
+    torch.set_num_threads(1)  # a forked process must not use the parent's intra-op thread pool (it would hang)
+    try:
+        while True:
+            slot = free.get()
+            batches = loader.step_batches(step, out=buffers[slot])
+            done.put((step, slot, [b.conversation for b in batches]))
+            step += stride
+    except Exception as e:
+        error = e if isinstance(e, FaceturnError) else RuntimeError(f"data loader worker: {type(e).__name__}: {e}")
+        done.put((step, None, error))
+
+
+def _stop_workers(processes: list) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
 
 
 def validation_windows(dataset: WindowDataset, max_windows: int) -> list[tuple[int, int, int, bool]]:

@@ -144,6 +144,9 @@ def test_windows_are_cut_from_a_few_mapped_files_checked_once(corpus_dir, tmp_pa
     few.batch([(1, 0, 0, False), (2, 0, 0, False)])  # conversation 0 is no longer mapped
     with pytest.raises(ValueError, match=f"{victim.name}: changed since it was validated"):
         few.batch([(0, 0, 0, False)])
+    ahead = WindowLoader(few, batch_size=len(few), seed=0, workers=1)  # every step touches every conversation
+    with pytest.raises(ValueError, match=f"{victim.name}: changed since it was validated"):
+        ahead.next_batches()  # the worker's error, raised here
 
 
 def test_ddp_shards_cover_the_single_process_global_batch(train_ds):
