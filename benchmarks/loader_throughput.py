@@ -11,8 +11,8 @@ supply, three ways, each timed over --seconds after a warm-up, on --corpus or on
 temporary folder (--conversations of the `tight` preset, about 3 min each):
   - cut by --workers processes: each cuts every --workers-th step's batches (WindowLoader.step_batches, what a
     `data.workers` worker does), all at once; the loader's own speed on that many CPUs;
-  - delivered into the training process by --workers `data.workers` background processes (torch's DataLoader: each
-    micro-batch crosses from a worker as one shared-memory block);
+  - delivered into the training process by --workers `data.workers` background processes (each step cut into a
+    shared buffer, copied out by the training process);
   - cut in the training process itself (`data.workers = 0`).
 Each is given in frames per second of wall-clock time and, since other work on a shared machine takes CPU time from
 the processes, per second of CPU time of the processes that cut (their own user + system time; for the delivered

@@ -18,8 +18,8 @@ Reading: every conversation of a split is read once before training (`WindowData
 checksum, value ranges, so a damaged file fails before any work) and its labels computed; nothing else is kept. A
 window is then cut from the memory-mapped file (at most 512 stay mapped, fewer under a low file-descriptor limit),
 so a corpus of thousands of hours is never held in memory: only its labels, 4 bytes a frame. With `data.workers` >
-0, background processes cut the next steps' batches while the current step runs (`benchmarks/loader_throughput.py`
-measures how fast they are).
+0, background processes cut the next steps' batches into shared buffers while the current step runs (`_Workers`;
+`benchmarks/loader_throughput.py` measures how fast).
 
 "Face zeroed" (face dropout here, the face-zeroed condition at evaluation) means the model gets no face at all:
 values 0 *and* face_present = 0, so it sees its learned "missing face" input. Raw zeros with face_present = 1 would
