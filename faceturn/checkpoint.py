@@ -3,6 +3,9 @@
 Layout: `RUN/checkpoints/step-0000100/` holds
   - `model.safetensors`  the unwrapped, uncompiled module's state dict (face statistics included);
   - `optimizer.pt`       the optimizer's state dict (tensors and numbers only: loaded with `weights_only=True`);
+  - `sharded/`           instead of `optimizer.pt` in a `parallel = "fsdp"` run: model and optimizer state as
+                         torch.distributed.checkpoint writes them, one file per process (faceturn.fsdp); resume reads
+                         this at any world size, everything else reads the consolidated `model.safetensors`;
   - `state.json`         step, data-loader state and loop state (everything else resume needs);
   - `config.json`        the resolved run config (train config with its model, schema), so the model rebuilds from
                          this folder alone;
@@ -27,14 +30,14 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model as st_load_model
-from safetensors.torch import save_model
+from safetensors.torch import save_file, save_model
 
 from faceturn.config import ConfigError, from_dict
 from faceturn.dist import resolve_device
@@ -51,6 +54,7 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
+SHARDED_DIR = "sharded"  # a parallel = "fsdp" run's model and optimizer state (faceturn.fsdp)
 _STEP_RE = re.compile(r"step-(\d{7,})")
 
 
@@ -71,7 +75,7 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """The file's sha256; remembered per (path, size, mtime), so finding a run's newest checkpoint and then loading
     it does not read a 15 GB weight file twice."""
     st = Path(path).stat()
@@ -87,9 +91,11 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def damage(ckpt: Path, *, content: tuple[str, ...] = ()) -> str | None:
+def damage(ckpt: Path, *, content: tuple[str, ...] = (), part: tuple[int, int] = (0, 1)) -> str | None:
     """What is wrong with checkpoint folder `ckpt` (None when intact): no readable COMPLETE marker, a listed file
-    missing or of another size, or (for the files named in `content`) bytes that do not hash to the recorded sha256."""
+    missing or of another size, or (for the files or folders named in `content`) bytes that do not hash to the
+    recorded sha256. `part` = (i, n) hashes only every n-th of those files from the i-th, so that n processes can
+    share the hashing of a sharded checkpoint (faceturn.fsdp)."""
     try:
         marker = json.loads((ckpt / COMPLETE).read_text())
         sizes, hashes = marker["files"], marker["sha256"]
@@ -104,8 +110,10 @@ def damage(ckpt: Path, *, content: tuple[str, ...] = ()) -> str | None:
             return f"{name} is missing"
         if actual != size:
             return f"{name} has {actual} bytes, {size} were written (truncated or replaced)"
-    for name in content:
-        if name in hashes and _sha256(ckpt / name) != hashes[name]:
+    named = sorted(n for n in hashes if any(n == c or n.startswith(f"{c}/") for c in content))
+    first, step = part
+    for name in named[first::step]:
+        if file_sha256(ckpt / name) != hashes[name]:
             return f"{name} does not match its sha256 in {COMPLETE} (the file was altered or corrupted)"
     return None
 
@@ -136,16 +144,21 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(
-    run_dir: str | Path, *, allow_older: bool = False, content: tuple[str, ...] = (MODEL_FILE,)
+    run_dir: str | Path,
+    *,
+    allow_older: bool = False,
+    content: tuple[str, ...] = (MODEL_FILE,),
+    check: Callable[[Path], str | None] | None = None,
 ) -> Path | None:
     """The newest checkpoint of a run (what `--resume` and evaluation use), or None when the run has none.
 
-    The newest folder must be intact (marker, sizes, and the sha256 of the files in `content`): a damaged one is an
-    error naming what is wrong, unless `allow_older`, which takes the newest intact one and says so on stderr."""
+    The newest folder must be intact (marker, sizes, and the sha256 of the files in `content`; or whatever `check`
+    finds wrong, when given): a damaged one is an error naming what is wrong, unless `allow_older`, which takes the
+    newest intact one and says so on stderr."""
     folders = step_folders(run_dir)
     damaged: list[tuple[Path, str]] = []
     for ckpt in reversed(folders):
-        problem = damage(ckpt, content=content)
+        problem = check(ckpt) if check is not None else damage(ckpt, content=content)
         if problem is None:
             if damaged and not allow_older:
                 newest, why = damaged[0]
@@ -164,6 +177,64 @@ def latest_checkpoint(
     return None
 
 
+def temporary_folder(run_dir: str | Path, step: int) -> Path:
+    """Where checkpoint `step` is written before it is renamed to its final name."""
+    return Path(run_dir) / CHECKPOINTS / f".tmp-{step_dir_name(step)}"
+
+
+def begin_checkpoint(run_dir: str | Path, step: int) -> Path:
+    """The empty temporary folder checkpoint `step` is written into (stale ones of killed writes removed)."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-step-*"):  # left by a write that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = temporary_folder(run_dir, step)
+    tmp.mkdir()
+    return tmp
+
+
+def save_weights(tensors: Mapping[str, torch.Tensor] | torch.nn.Module, path: Path, step: int) -> None:
+    """model.safetensors from a module or a full state dict, fsynced, readable as the umask says."""
+    metadata = {"format": "pt", "step": str(step)}
+    if isinstance(tensors, torch.nn.Module):
+        save_model(tensors, str(path), metadata=metadata)
+    else:
+        save_file(dict(tensors), str(path), metadata=metadata)
+    os.chmod(path, default_file_mode())  # safetensors writes 0600 whatever the umask
+    _fsync_file(path)
+
+
+def finish_checkpoint(
+    tmp: Path,
+    step: int,
+    state: Mapping[str, Any],
+    config: Mapping[str, Any],
+    keep_last: int,
+    sha256: Mapping[str, str] | None = None,
+) -> Path:
+    """Write state.json and config.json into `tmp`, then COMPLETE (the size and sha256 of every file, those already
+    hashed given in `sha256`), rename it to its final name and delete all but the newest `keep_last` complete
+    checkpoints."""
+    atomic_write_json(tmp / STATE_FILE, {**state, "step": step})
+    atomic_write_json(tmp / CONFIG_FILE, dict(config))
+    known = dict(sha256 or {})
+    names = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    sizes = {name: (tmp / name).stat().st_size for name in names}
+    hashes = {name: known.get(name) or file_sha256(tmp / name) for name in names}
+    atomic_write_json(tmp / COMPLETE, {"step": step, "files": sizes, "sha256": hashes})
+    for folder in sorted({(tmp / name).parent for name in names}, reverse=True):
+        _fsync_dir(folder)
+    root = tmp.parent
+    final = root / step_dir_name(step)
+    if final.exists():  # the same step saved again (e.g. a resumed run that stops where it started)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in complete_checkpoints(root.parent)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -179,34 +250,13 @@ def save_checkpoint(
     """
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
-    root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-step-*"):  # left by a write that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    name = step_dir_name(step)
-    tmp = root / f".tmp-{name}"
-    tmp.mkdir()
-    save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
-    os.chmod(tmp / MODEL_FILE, default_file_mode())  # safetensors writes 0600 whatever the umask
-    _fsync_file(tmp / MODEL_FILE)
+    tmp = begin_checkpoint(run_dir, step)
+    save_weights(model, tmp / MODEL_FILE, step)
     with open(tmp / OPTIMIZER_FILE, "wb") as fh:
         torch.save(optimizer.state_dict(), fh)
         fh.flush()
         os.fsync(fh.fileno())
-    atomic_write_json(tmp / STATE_FILE, {**state, "step": step})
-    atomic_write_json(tmp / CONFIG_FILE, dict(config))
-    files = sorted(p for p in tmp.iterdir() if p.is_file())
-    sizes = {p.name: p.stat().st_size for p in files}
-    atomic_write_json(tmp / COMPLETE, {"step": step, "files": sizes, "sha256": {p.name: _sha256(p) for p in files}})
-    _fsync_dir(tmp)
-    final = root / name
-    if final.exists():  # the same step saved again (e.g. a resumed run that stops where it started)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    for old in complete_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    return finish_checkpoint(tmp, step, state, config, keep_last)
 
 
 def resolve_checkpoint(path: str | Path, *, allow_older: bool = False) -> Path:

@@ -1,17 +1,19 @@
 """Process-group setup for one training loop that runs on CPU, one GPU, or under torchrun.
 
 A torchrun launch is detected from its environment (RANK, WORLD_SIZE, LOCAL_RANK); anything else is a single
-process. The backend follows the device: NCCL on CUDA, gloo on CPU (the tests run DDP with gloo). Only rank 0 logs
-and writes files.
+process. The backend follows the device: NCCL on CUDA, gloo on CPU (the tests run DDP and FSDP with gloo). Only rank 0
+logs and writes files, except for the shards of a sharded checkpoint, which every process writes.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from faceturn.errors import ConfigError
 
@@ -84,3 +86,36 @@ def any_process(flag: bool, info: DistInfo) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=info.device)
     torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def device_mesh(info: DistInfo) -> DeviceMesh:
+    """The one-dimensional mesh of all processes that FSDP shards over."""
+    return init_device_mesh(info.device.type, (info.world_size,))
+
+
+def first_problem(problem: str | None, info: DistInfo) -> str | None:
+    """The first problem any process found (rank order), the same on every process: when the processes share the
+    work of a check, they all raise the same error instead of some waiting forever for the others."""
+    if not info.distributed:
+        return problem
+    found: list[str | None] = [None] * info.world_size
+    torch_dist.all_gather_object(found, problem)
+    return next((p for p in found if p is not None), None)
+
+
+def from_rank0(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's value of a small picklable object, on every process."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_dicts(part: dict[str, str], info: DistInfo) -> dict[str, str]:
+    """The union of every process's dict of strings (on every process)."""
+    if not info.distributed:
+        return dict(part)
+    parts: list[dict[str, str] | None] = [None] * info.world_size
+    torch_dist.all_gather_object(parts, part)
+    return {k: v for p in parts for k, v in (p or {}).items()}

@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
 from faceturn.errors import ConfigError, FaceturnError
 from faceturn.io import default_file_mode
+from faceturn.memory import activation_bytes
 from faceturn.model import ModelConfig, from_config
-from faceturn.schema import N_FACE
 
 # Every backbone Linear, by module name (peft full-matches this against each module's qualified name).
 TARGET_MODULES = (
@@ -166,57 +165,13 @@ def estimate_memory(
 ):
     """Size one training step of `model_cfg` with LoRA `lora_cfg` on windows of `window_frames`, in bf16 autocast.
 
-    Parameters are counted exactly on a meta-device model with the adapters in place. Activations are measured, not
-    guessed: a forward pass of one window on the meta device (no memory used) records every tensor autograd saves for
-    backward, with two corrections for what a GPU does differently: attention saves flash attention's output and
-    log-sum-exp instead of the [heads, L, L] probabilities of the meta (math) kernel, and the cross-entropy's
-    log-softmax is fp32 (autocast). With activation checkpointing a layer keeps only its input, and the backward pass
-    holds one layer's activations at a time (the largest)."""
+    Parameters are counted exactly on a meta-device model with the adapters in place; activations are measured on it
+    (faceturn.memory.activation_bytes)."""
     model = from_config(model_cfg, device="meta").to(torch.bfloat16)
     apply_lora(model, lora_cfg)
     frozen = sum(
         p.numel() * (4 if n.endswith(".alpha") else 2) for n, p in model.named_parameters() if not p.requires_grad
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-    params = {p.untyped_storage()._cdata for p in model.parameters()}
-    saved: dict[int, tuple[int, str]] = {}  # storage → (bytes, region)
-    region = ["outside"]
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        key = t.untyped_storage()._cdata
-        if key not in params and key not in saved:
-            n = t.untyped_storage().nbytes()
-            if t.dim() >= 3 and t.shape[-1] == t.shape[-2] and t.shape[-1] > 1:  # attention probabilities
-                n = t[..., 0].numel() * 4  # flash attention keeps the log-sum-exp (fp32) instead
-            saved[key] = (n, region[0])
-        return t
-
-    layers = {f"{stack}.{i}": layer for stack in ("transformer", "depformer")
-              for i, layer in enumerate(getattr(model, stack).layers)}  # fmt: skip
-    input_bytes: dict[str, int] = {}
-    hooks = []
-    for name, layer in layers.items():
-        hooks.append(layer.register_forward_pre_hook(lambda m, a, name=name: region.__setitem__(0, name)))
-        hooks.append(layer.register_forward_hook(lambda m, a, o: region.__setitem__(0, "outside")))
-        hooks.append(layer.register_forward_pre_hook(
-            lambda m, a, name=name: input_bytes.__setitem__(name, a[0].numel() * a[0].element_size())
-        ))  # fmt: skip
-    T = window_frames
-    tokens = torch.zeros(1, T, dtype=torch.long, device="meta")
-    codes = torch.zeros(1, 8, T, dtype=torch.long, device="meta")
-    face = torch.zeros(1, T, N_FACE, dtype=torch.bfloat16, device="meta")
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(tokens, codes, codes, face, torch.ones(1, T, dtype=torch.bfloat16, device="meta"))
-        F.cross_entropy(out.text_logits.float().flatten(0, 1), tokens.flatten())  # autocast: fp32 log-softmax
-        F.cross_entropy(out.audio_logits.float().flatten(0, 2), codes.flatten())
-        F.binary_cross_entropy_with_logits(out.yield_logits.float(), torch.zeros_like(out.yield_logits.float()))
-    for h in hooks:
-        h.remove()
-    per_layer = {name: sum(n for n, r in saved.values() if r == name) for name in layers}
-    outside = sum(n for n, r in saved.values() if r == "outside")
-    if activation_checkpointing:
-        activations = outside + sum(input_bytes.values()) + max(per_layer.values())
-    else:
-        activations = outside + sum(per_layer.values())
+    activations = activation_bytes(model, window_frames, activation_checkpointing)
     return MemoryEstimate(frozen, trainable, 16 * trainable, activations)

@@ -88,6 +88,10 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank > 0: fine-tune adapters (faceturn.lora)
     # recompute each layer in the backward pass: memory for time
     activation_checkpointing: bool = field(default=False, metadata=RESUMABLE)
+    # "ddp": every process holds the whole model and optimizer (DistributedDataParallel under torchrun); "fsdp":
+    # parameters, gradients and optimizer state sharded over the processes (faceturn.fsdp), sharded checkpoints that
+    # resume at any world size
+    parallel: Literal["ddp", "fsdp"] = "ddp"
 
     @classmethod
     def resolve_raw(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -107,6 +111,10 @@ class TrainConfig:
             )
         if not (self.max_minutes >= 0 and math.isfinite(self.max_minutes)):
             raise ValueError(f"max_minutes must be >= 0, got {self.max_minutes}")
+        if self.parallel == "fsdp" and self.lora.rank:
+            raise ValueError(
+                "parallel = 'fsdp' is for full fine-tuning; a LoRA run (lora.rank > 0) fits one GPU: use 'ddp'"
+            )
 
 
 def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

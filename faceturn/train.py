@@ -1,7 +1,8 @@
-"""The training loop: one loop for CPU, one GPU and torchrun DDP.
+"""The training loop: one loop for CPU, one GPU, torchrun DDP and torchrun FSDP2.
 
     faceturn train --config aux --corpus CORPUS --out runs/aux                      # CPU or one GPU
     torchrun --standalone --nproc_per_node 8 -m faceturn train --config aux --corpus CORPUS --out runs/aux
+    torchrun --standalone --nproc_per_node 8 -m faceturn train --config aux --set parallel=fsdp ...  # sharded
     faceturn train --config aux --corpus CORPUS --out runs/aux --resume             # continue the newest checkpoint
 
 Why it is shaped this way:
@@ -13,11 +14,14 @@ Why it is shaped this way:
 - DDP: each process takes its slice of every global batch (faceturn.data); gradients are averaged by DDP and synced
   only on the last micro-step. The loss of a step is the mean over its micro-batches of each micro-batch's loss, so
   one process with world_size × grad_accum micro-steps computes the same update as the DDP run.
+- FSDP (`parallel = "fsdp"`, faceturn.fsdp): the same loop on a sharded model; every process takes part in
+  checkpoints (each writes its shard) and in validation (the same windows on every process; rank 0 logs).
 - bf16 autocast and `torch.compile` only on CUDA; on CPU everything is fp32. Only rank 0 logs and writes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from contextlib import nullcontext
@@ -32,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from faceturn import checkpoint as ckpt_io
-from faceturn import dist
+from faceturn import dist, fsdp
 from faceturn.config import to_dict
 from faceturn.data import WindowDataset, WindowLoader, face_statistics, validation_batches, validation_windows
 from faceturn.errors import CheckpointError, ConfigError, RunDirError, TrainingDiverged
@@ -201,13 +205,16 @@ def train(
 
 
 def _start_checkpoint(
-    cfg: TrainConfig, run_dir: Path, resume: bool, resolved: dict[str, Any], allow_older: bool
+    cfg: TrainConfig, run_dir: Path, resume: bool, resolved: dict[str, Any], allow_older: bool, info: dist.DistInfo
 ) -> Path | None:
     """The checkpoint this session continues (None for a new run), after checking the folder and the config."""
     _check_run_dir(run_dir, resume)
     compare_ignore = (*resumable_fields(), *PROVENANCE, "corpus")  # the corpus is compared by content, below
     content = (ckpt_io.MODEL_FILE, ckpt_io.OPTIMIZER_FILE)
-    start = ckpt_io.latest_checkpoint(run_dir, allow_older=allow_older, content=content) if resume else None
+    check = functools.partial(fsdp.damage, info=info) if cfg.parallel == "fsdp" else None  # hashing shared
+    start = None
+    if resume:
+        start = ckpt_io.latest_checkpoint(run_dir, allow_older=allow_older, content=content, check=check)
     if start is not None:
         ckpt_io.check_config(start, resolved, ignore=compare_ignore)
     elif resume and (run_dir / ckpt_io.CONFIG_FILE).exists():
@@ -243,7 +250,9 @@ class _Session:
             raise ConfigError("precision = 'bf16' needs CUDA; on CPU use 'auto' or 'fp32'")
         self.use_bf16 = device.type == "cuda" and cfg.precision in ("auto", "bf16")
         self.resolved = {**resolved_config(cfg), "corpus": provenance(corpus_dir)}  # checked on resume
-        self.start_ckpt = start = _start_checkpoint(cfg, run_dir, resume, self.resolved, allow_older)
+        self.start_ckpt = start = _start_checkpoint(cfg, run_dir, resume, self.resolved, allow_older, info)
+        self.fsdp = cfg.parallel == "fsdp"
+        self.sharded = self.fsdp and info.distributed  # one process has nothing to shard (faceturn.fsdp)
         dist.barrier(info)  # every process has seen the folder as it was before rank 0 writes into it
         writer_class = _tensorboard_writer_class() if info.is_main and cfg.tensorboard else None  # fail before work
         self.writer: Any = _NullWriter()
@@ -253,15 +262,15 @@ class _Session:
         train_ds = WindowDataset(corpus_dir, cfg.data.train_split, window_frames, cfg.labels)
         self.loader = WindowLoader(
             train_ds, cfg.data.batch_size, cfg.data.seed, cfg.data.face_dropout, cfg.optim.grad_accum,
-            info.world_size, info.rank,
+            info.world_size, info.rank, cfg.data.workers,
         )  # fmt: skip
         self.val_ds = self.val_windows = None
-        if info.is_main:
+        if info.is_main or self.sharded:  # a sharded model validates on every process
             self.val_ds = WindowDataset(corpus_dir, cfg.data.val_split, window_frames, cfg.labels)
             self.val_windows = validation_windows(self.val_ds, cfg.data.val_max_windows)
         for ds in (train_ds, self.val_ds):  # a damaged file fails now, not after hours of training
             if ds is not None:
-                ds.load_all()
+                ds.validate()
 
         if cfg.lora.rank and not (cfg.init_from or start):
             raise ConfigError(
@@ -276,12 +285,18 @@ class _Session:
             apply_lora(model, cfg.lora, frozen_dtype=torch.bfloat16 if self.use_bf16 else None)
         if cfg.activation_checkpointing:
             _checkpoint_layers(model)
+        compile_model = cfg.compile and device.type == "cuda"
+        if self.sharded:
+            fsdp.shard(model, info, self.use_bf16, compile_layers=compile_model)
         self.optimizer = build_optimizer(model, cfg.optim, device)
         self.loop: dict[str, Any] = {"elapsed_s": 0.0, "frames_seen": 0}
         self.step = 0
-        if start is not None:
+        if start is not None and self.fsdp:
+            fsdp.load_checkpoint(start, model, self.optimizer, info)
+        elif start is not None:
             ckpt_io.load_weights(start, model)
             ckpt_io.load_optimizer(start, self.optimizer, device)
+        if start is not None:
             state = ckpt_io.read_json(start, ckpt_io.STATE_FILE)
             self.loader.load_state_dict(state["data"])
             self.loop.update(state.get("loop", {}))
@@ -298,19 +313,20 @@ class _Session:
 
         self.audio = cfg.loss.audio_weight > 0  # audio_weight = 0 skips the depformer (87 % of a tiny CPU step)
         self.train_model: torch.nn.Module = model
-        if info.distributed:
+        if info.distributed and not self.fsdp:
             self.train_model = DistributedDataParallel(
                 model,
                 device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=not self.audio,
             )
-        if cfg.compile and device.type == "cuda":
+        if compile_model and not self.sharded:
             self.train_model = torch.compile(self.train_model)
         self.metrics_path = run_dir / METRICS_FILE
         self.writer_class = writer_class
         self.log({
             "event": "resume" if start is not None else "start", "step": self.step, "world_size": info.world_size,
-            "device": str(device), "bf16": self.use_bf16, "parameters": model.num_parameters(),
+            "parallel": cfg.parallel, "device": str(device), "bf16": self.use_bf16,
+            "parameters": model.num_parameters(),
             "global_batch_windows": self.loader.global_batch_size, "window_frames": window_frames,
             "checkpoint": str(start) if start else None,
         })  # fmt: skip
@@ -331,13 +347,12 @@ class _Session:
             append_jsonl(self.metrics_path, record)
 
     def save(self, at_step: int) -> Path | None:
-        path = None
-        if self.info.is_main:
-            self.loop["elapsed_s"] = self.elapsed_s()
-            state = {"data": self.loader.state_dict(), "loop": dict(self.loop), "world_size": self.info.world_size}
-            path = ckpt_io.save_checkpoint(
-                self.run_dir, at_step, self.model, self.optimizer, state, self.resolved, self.cfg.keep_last
-            )
+        self.loop["elapsed_s"] = self.elapsed_s()
+        state = {"data": self.loader.state_dict(), "loop": dict(self.loop), "world_size": self.info.world_size}
+        args = (self.run_dir, at_step, self.model, self.optimizer, state, self.resolved, self.cfg.keep_last)
+        if self.fsdp:  # every process writes its shard
+            return fsdp.save_checkpoint(*args, self.info)
+        path = ckpt_io.save_checkpoint(*args) if self.info.is_main else None
         dist.barrier(self.info)
         return path
 
@@ -347,11 +362,12 @@ class _Session:
 
     def validate(self, at_step: int, result: TrainResult) -> None:
         cfg = self.cfg
-        if self.info.is_main and self.val_ds is not None:
+        if self.val_ds is not None:
             t0 = time.perf_counter()
             res = evaluate(self.model, self.val_ds, self.val_windows, cfg.data.batch_size, cfg.loss, self.device,
                            self.autocast, cfg.eval_face_zeroed)  # fmt: skip
             res["val_seconds"] = time.perf_counter() - t0
+        if self.info.is_main and self.val_ds is not None:
             self.log({"event": "val", "step": at_step, **res})
             for k, v in res.items():
                 if v is not None:
@@ -379,7 +395,8 @@ class _Session:
         for i, batch in enumerate(batches):
             batch = batch.to(self.device)
             last = i == len(batches) - 1
-            sync = self.train_model.no_sync() if info.distributed and not last else nullcontext()
+            ddp = info.distributed and not self.fsdp  # FSDP reduce-scatters every micro-batch (faceturn.fsdp)
+            sync = self.train_model.no_sync() if ddp and not last else nullcontext()
             with sync:
                 with self.autocast():
                     out = self.train_model(*batch.model_inputs(), audio=self.audio)
@@ -389,7 +406,7 @@ class _Session:
                 parts_sum[k] = parts_sum.get(k, 0.0) + v.detach().float() / len(batches)
             frames += batch.n_valid_frames
         clip = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grad_norm = fsdp.full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1

@@ -113,6 +113,42 @@ def test_resumed_loader_yields_exactly_the_batches_it_would_have(train_ds):
         bigger.load_state_dict(state)
 
 
+def test_background_workers_cut_the_same_batches_from_any_step(train_ds):
+    plain = WindowLoader(train_ds, batch_size=2, seed=3, face_dropout=0.3, grad_accum=2)
+    ahead = WindowLoader(train_ds, batch_size=2, seed=3, face_dropout=0.3, grad_accum=2, workers=2)
+    for _ in range(3):
+        for x, y in zip(plain.next_batches(), ahead.next_batches(), strict=True):
+            assert _batches_equal(x, y)
+    ahead.load_state_dict({**ahead.state_dict(), "next_step": 7})  # a resume restarts the workers at its step
+    for x, y in zip(plain.step_batches(7), ahead.next_batches(), strict=True):
+        assert _batches_equal(x, y)
+    assert ahead.next_step == 8
+
+
+def test_windows_are_cut_from_a_few_mapped_files_checked_once(corpus_dir, tmp_path):
+    import shutil
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, corpus)
+    few = WindowDataset(corpus, "train", WINDOW, max_mapped_conversations=2)
+    many = WindowDataset(corpus, "train", WINDOW)
+    few.validate()
+    assert not few._maps  # validation keeps no file open and no conversation in memory, only labels
+    loader = WindowLoader(many, batch_size=4, seed=2)
+    for step in range(5):
+        samples = loader.step_samples(step)[0]
+        assert _batches_equal(few.batch(samples), many.batch(samples))
+        assert len(few._maps) <= 2
+    victim = corpus / few.corpus.entry(few.ids[0]).file
+    victim.write_bytes(victim.read_bytes() + b" ")  # replaced after validation
+    few.batch([(1, 0, 0, False), (2, 0, 0, False)])  # conversation 0 is no longer mapped
+    with pytest.raises(ValueError, match=f"{victim.name}: changed since it was validated"):
+        few.batch([(0, 0, 0, False)])
+    ahead = WindowLoader(few, batch_size=len(few), seed=0, workers=1)  # every step touches every conversation
+    with pytest.raises(ValueError, match=f"{victim.name}: changed since it was validated"):
+        ahead.next_batches()  # the worker's error, raised here
+
+
 def test_ddp_shards_cover_the_single_process_global_batch(train_ds):
     """Rank r of 2 with grad_accum 2 gets micro-batches 2a + r of one process with grad_accum 4."""
     single = WindowLoader(train_ds, batch_size=2, seed=4, grad_accum=4)
@@ -176,6 +212,8 @@ def test_bad_config_and_inputs_are_named():
         DataConfig(face_dropout=1.5)
     with pytest.raises(ValueError, match="data.window_s"):
         DataConfig(window_s=0)
+    with pytest.raises(ValueError, match="data.workers must be >= 0"):
+        DataConfig(workers=-1)
     assert DataConfig(window_s=1.0).window_frames == 13  # the one timebase rule
 
 
