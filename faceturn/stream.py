@@ -311,25 +311,24 @@ class TurnYieldStream:
         sampling: Sampling,
         text: bool,
         generator: torch.Generator | None,
-        pairs: Tensor | None = None,
+        uniforms: Tensor | None = None,
         hold: Tensor | None = None,
         gate: FloorGate | None = None,
     ):
         """Draw the self's tokens of column k + 1 from the output at position k → (tokens [B, 9] in column order:
         text of frame k, codebook j of frame k − delays[1 + j]; initial where that frame is < 0), text logits or
-        None, audio logits [B, 8, card]). The depformer reads exactly the tokens of the column it writes. Rows with
-        equal `pairs` draw with the same random numbers; rows in `hold` are held silent as `gate` says."""
+        None, audio logits [B, 8, card]). The depformer reads exactly the tokens of the column it writes. Draw j
+        (text, then codebooks 0–7) uses uniforms[:, j] when given (else `generator`); rows in `hold` are held silent
+        as `gate` says."""
         model, h, B = self.model, self._h, self.batch_size
 
-        def uniforms() -> Tensor | None:
-            if pairs is None:
-                return None
-            return torch.rand(int(pairs.max()) + 1, generator=generator, device=self.device)[pairs]
+        def u(j: int) -> Tensor | None:
+            return None if uniforms is None else uniforms[:, j]
 
         held = hold is not None and bool(hold.any())
         if text:
             text_logits = model.text_linear(h).float()
-            token = sample_token(text_logits, sampling.text_temperature, sampling.text_top_k, generator, uniforms())
+            token = sample_token(text_logits, sampling.text_temperature, sampling.text_top_k, generator, u(0))
             if held:
                 token = torch.where(hold, gate.text_pad, token)
         else:
@@ -347,7 +346,7 @@ class TurnYieldStream:
                 allowed = torch.zeros(step_logits.shape[-1], dtype=torch.bool, device=self.device)
                 allowed[gate.silence_tokens.to(self.device)] = True
                 step_logits = torch.where(hold[:, None] & ~allowed, float("-inf"), step_logits)
-            token = sample_token(step_logits, sampling.audio_temperature, sampling.audio_top_k, generator, uniforms())
+            token = sample_token(step_logits, sampling.audio_temperature, sampling.audio_top_k, generator, u(1 + k))
             tokens.append(torch.where(valid[:, 1 + k], token, self._initial[1 + k]))
         return torch.stack(tokens, dim=1), text_logits, torch.stack(audio_logits, dim=1)
 
@@ -360,27 +359,28 @@ class TurnYieldStream:
         sampling: Sampling = GREEDY,
         text: bool = True,
         generator: torch.Generator | None = None,
-        pairs: Tensor | None = None,
+        uniforms: Tensor | None = None,
         gate: FloorGate | None = None,
     ) -> GeneratedStep:
         """Talk for frame k of every row: the model draws its own tokens (text[k] unless `text` is False, then its
         audio codebooks through the depformer), then hears the interlocutor's frame k (other_codes [B, 8],
         other_face [B, 61], face_present [B]) → GeneratedStep. `generator` seeds the draws (on the model's device);
-        rows with equal `pairs` [B] (small integers) draw with the same random numbers at every draw, so rows that
-        differ only in an input (the face, zeroed) differ in their tokens only where the model's distributions do.
-        `gate` holds rows silent (see `FloorGate`), which it observes after the step."""
+        or `uniforms` [B, 9] in [0, 1) give them (draw j: text, then codebooks 0–7): rows given the same numbers are
+        paired (common random numbers), so rows that differ only in an input (the face, zeroed) differ in their
+        tokens only where the model's distributions do. `gate` holds rows silent (see `FloorGate`), which it
+        observes after the step."""
         other = self._codes("other_codes", other_codes, (self.batch_size, N_CODEBOOKS), self.model.cfg.card)
         face, present = self._face(other_face, face_present)
-        if pairs is not None:
-            pairs = torch.as_tensor(pairs, dtype=torch.long, device=self.device)
-            if tuple(pairs.shape) != (self.batch_size,) or int(pairs.min()) < 0:
-                raise ValueError(f"pairs must be {self.batch_size} integers >= 0, got {pairs.tolist()}")
+        if uniforms is not None:
+            uniforms = torch.as_tensor(uniforms, dtype=torch.float32, device=self.device)
+            if tuple(uniforms.shape) != (self.batch_size, 1 + N_CODEBOOKS):
+                raise ValueError(f"uniforms must be [{self.batch_size}, {1 + N_CODEBOOKS}], got {list(uniforms.shape)}")
         hold = None
         if gate is not None:
             if gate.thresholds.shape[0] != self.batch_size:
                 raise ValueError(f"the gate has {gate.thresholds.shape[0]} rows, the stream {self.batch_size}")
             hold = gate.hold(int(self._frames[0])).to(self.device)
-        column, text_logits, audio_logits = self._sample(sampling, text, generator, pairs, hold, gate)
+        column, text_logits, audio_logits = self._sample(sampling, text, generator, uniforms, hold, gate)
         frame_tokens = torch.cat([torch.full_like(column, ZERO_TOKEN), other], dim=1)
         self._push(frame_tokens)
         # Token s of the column belongs to frame k − delays[s]: its history slot is max_delay − delays[s].
@@ -426,14 +426,15 @@ def generate(
     text: bool = True,
     generator: torch.Generator | None = None,
     keep_logits: bool = False,
-    pairs: Tensor | None = None,
+    uniforms: Tensor | None = None,
     gate: FloorGate | None = None,
 ) -> Generation:
     """The model talks as self for T frames while the interlocutor's frames are given: other_codes [B, 8, T],
     other_face [B, T, 61], face_present [B, T]. Greedy by default (`Sampling` for draws).
 
-    `pairs` and `gate` as in `TurnYieldStream.generate_step` (common random numbers for paired rows; floor
-    control). Every frame is complete: the acoustic codebooks of the last max(delays) frames come from one more draw at
+    `uniforms` [B, T + 1, 9]: the random numbers of every draw (position, then text and codebooks 0–7; rows given
+    equal numbers are paired, see `TurnYieldStream.generate_step`); `gate`: floor control (`FloorGate`). Every frame
+    is complete: the acoustic codebooks of the last max(delays) frames come from one more draw at
     position T (codebooks with larger delays than that stay -1). `Model.forward(text, codes, other_codes, ...)` on the
     result reproduces `text_logits` and `audio_logits` (the tokens drawn are its teacher forcing) and `p_yield`.
 
@@ -449,22 +450,24 @@ def generate(
             f"other_face must be {[B, T, N_FACE]} and face_present {[B, T]}, got {tuple(other_face.shape)} and "
             f"{tuple(face_present.shape)}"
         )
+    if uniforms is not None and tuple(uniforms.shape) != (B, T + 1, 1 + N_CODEBOOKS):
+        raise ValueError(f"uniforms must be {[B, T + 1, 1 + N_CODEBOOKS]}, got {list(uniforms.shape)}")
     cfg = model.cfg
     stream = TurnYieldStream(model, B)
     p_yield, drawn, text_logits, audio_logits = [], [], [], []
     for k in range(T):
         out = stream.generate_step(
-            other_codes[:, :, k], other_face[:, k], face_present[:, k], sampling, text, generator, pairs, gate
-        )
+            other_codes[:, :, k], other_face[:, k], face_present[:, k], sampling, text, generator,
+            None if uniforms is None else uniforms[:, k], gate,
+        )  # fmt: skip
         p_yield.append(out.p_yield)
         drawn.append(out.drawn)
         if keep_logits:
             text_logits.append(out.text_logits)
             audio_logits.append(out.audio_logits)
-    if pairs is not None:
-        pairs = torch.as_tensor(pairs, dtype=torch.long)
     # position T: the acoustic codebooks of the last frames (the semantic token drawn here belongs to no frame)
-    column, last_text_logits, last_audio_logits = stream._sample(sampling, text, generator, pairs)
+    last = None if uniforms is None else uniforms[:, T].to(stream.device)
+    column, last_text_logits, last_audio_logits = stream._sample(sampling, text, generator, last)
     drawn.append(column.cpu())
     if keep_logits:
         text_logits.append(None if last_text_logits is None else last_text_logits.cpu())

@@ -5,9 +5,10 @@ control from its yield head (`gate`). The talk file holds what a turn-timing eva
 is a pure function of it (docs/design.md, "Step 4: turn timing").
 
 **Pairing.** Every (run, conversation, perspective) is talked with the face and with it zeroed in the same batch,
-and the two rows draw their tokens with the same random numbers (`faceturn.stream.generate`'s `pairs`): they differ
-only where the model's distributions differ, so a face that changes nothing gives identical talk. The gated rows of
-an aux model share those random numbers too.
+and the two rows draw their tokens with the same random numbers (`faceturn.stream.generate`'s `uniforms`): they
+differ only where the model's distributions differ, so a face that changes nothing gives identical talk. The gated
+rows of an aux model share those numbers too. The numbers of a (seed, conversation, perspective) come from their own
+generator, so a seed's talk does not depend on batching or on which other runs the file holds.
 
 **Floor control** (`gate`): the model may start talking while the interlocutor holds the floor only when its
 P(yield) reached θ (`faceturn.stream.FloorGate`). θ is chosen on the validation split, per condition, by Youden's J of
@@ -176,6 +177,10 @@ def _check(path: Path, data: dict[str, np.ndarray], meta: dict[str, Any]) -> Non
     for k, shape in shapes.items():
         if data[k].shape != shape:
             raise FaceturnError(f"{path}: array {k} has shape {data[k].shape}, expected {shape}")
+    for key, kind in (("corpus", str), ("corpus_fingerprint", str), ("split", str), ("labels", dict),
+                      ("reader", dict), (CHECKSUM_KEY, str)):  # fmt: skip
+        if not isinstance(meta.get(key), kind):
+            raise FaceturnError(f"{path}: damaged talk file: header {key} must be a {kind.__name__}")
     runs, ids = meta.get("runs"), meta.get("conversations")
     if not (isinstance(runs, list) and runs and isinstance(ids, list) and len(ids) == c):
         raise FaceturnError(f"{path}: damaged talk file: header runs or conversations do not match the arrays")
@@ -290,8 +295,12 @@ def talk(
     for r, chunk in tqdm(batches, desc=f"talk {split}", unit="batch", disable=not progress):
         spec = runs[r]
         sampling = GREEDY if spec["sampling"] == "greedy" else MOSHI_SAMPLING
-        generator = None if spec["seed"] is None else torch.Generator(device).manual_seed(int(spec["seed"]))
         b = len(chunk)
+        uniforms = None
+        if spec["seed"] is not None:  # one stream per (seed, conversation, perspective), shared by its conditions
+            streams = [np.random.default_rng([int(spec["seed"]), i, s]).random((t_max + 1, 1 + N_CODEBOOKS))
+                       for i, s in chunk]  # fmt: skip
+            uniforms = torch.from_numpy(np.stack(streams).astype(np.float32))
         other = torch.full((b, N_CODEBOOKS, t_max), -1, dtype=torch.long)
         face = torch.zeros(b, t_max, N_FACE)
         present = torch.zeros(b, t_max)
@@ -313,8 +322,8 @@ def talk(
                                    torch.from_numpy(reader.silence_tokens), train_cfg.loss.text_pad_id)  # fmt: skip
         gen = generate(
             model, other.repeat(k, 1, 1).to(device), (face.repeat(k, 1, 1) * shown[:, None, None]).to(device),
-            (present.repeat(k, 1) * shown[:, None]).to(device), sampling, text=text, generator=generator,
-            pairs=torch.arange(b).repeat(k), gate=floor_gate,
+            (present.repeat(k, 1) * shown[:, None]).to(device), sampling, text=text,
+            uniforms=None if uniforms is None else uniforms.repeat(k, 1, 1).to(device), gate=floor_gate,
         )  # fmt: skip
         for q in range(k * b):
             i, s = chunk[q % b]

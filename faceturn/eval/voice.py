@@ -34,7 +34,7 @@ from faceturn.errors import ConfigError, CorpusError
 from faceturn.model import ZERO_TOKEN, KVCache, Model
 from faceturn.results import Estimate, format_estimate
 from faceturn.schema import CODEBOOK_SIZE, N_CODEBOOKS
-from faceturn.stats import cluster_bootstrap_ratio, paired_cluster_bootstrap
+from faceturn.stats import cluster_bootstrap_ratio, paired_cluster_bootstrap, roc_auc
 from faceturn.store import Corpus
 
 
@@ -193,25 +193,41 @@ def score_reader(
         raise CorpusError(f"{store.root}: no conversations in split {split!r} to score the voice reader on")
     p, y, clusters = np.concatenate(ps), np.concatenate(ys), np.concatenate(conv).astype(str)
     correct = ((p >= 0.5) == y).astype(np.float64)
-    accuracy = cluster_bootstrap_ratio(correct, np.ones_like(correct), clusters, n_resamples=n_resamples, seed=seed)
-    auc = paired_cluster_bootstrap(y, {"reader": p}, clusters, n_resamples=n_resamples, seed=seed).to_dict()
+    n_clusters = int(np.unique(clusters).size)
+    both = bool(y.any() and not y.all())
+    if n_clusters >= 2:
+        boot = {"n_resamples": n_resamples, "seed": seed}
+        accuracy = cluster_bootstrap_ratio(correct, np.ones_like(correct), clusters, **boot)
+        auc = paired_cluster_bootstrap(y, {"reader": p}, clusters, **boot).to_dict() if both else None
+    else:  # one conversation: the numbers, without a CI
+        note = "one conversation: no CI"
+        accuracy = {"value": float(correct.mean()), "ci": None, "n_frames": int(y.size), "n_clusters": 1, "note": note}
+        auc = {"auc": {"reader": roc_auc(y, p)}, "ci": {"reader": None}, "n_frames": int(y.size), "n_clusters": 1,
+               "n_resamples": 0, "seed": seed} if both else None  # fmt: skip
     return {
         **reader.summary(),
         "split": split,
         "accuracy": accuracy,
-        "auc": {"value": auc["auc"]["reader"], "ci": auc["ci"]["reader"], "n_frames": auc["n_frames"],
-                "n_clusters": auc["n_clusters"], "n_resamples": auc["n_resamples"], "seed": auc["seed"]},
+        "auc": {"value": None, "ci": None, "note": "one class only"} if auc is None else {
+            "value": auc["auc"]["reader"], "ci": auc["ci"]["reader"], "n_frames": auc["n_frames"],
+            "n_clusters": auc["n_clusters"], "n_resamples": auc["n_resamples"], "seed": auc["seed"]},
         "active_fraction": float(y.mean()),
     }  # fmt: skip
 
 
 def reader_sentence(reader: dict[str, Any]) -> str:
     """How well the voice reader reads real audio: every result that uses it says so."""
-    acc, auc = reader["accuracy"], reader["auc"]
+
+    def cell(block: dict[str, Any]) -> str:
+        if block.get("value") is None:
+            return f"n/a ({block.get('note', 'undefined')})"
+        ci = block.get("ci")
+        return format_estimate(Estimate(block["value"], None if ci is None else tuple(ci)))
+
+    fit, split = reader["config"]["fit_split"], reader["split"]
     return (
-        f"Voice-activity reader (fitted on the {reader['config']['fit_split']!r} split, scored on "
-        f"{reader['split']!r}): frame accuracy {format_estimate(Estimate(acc['value'], tuple(acc['ci'])))}, "
-        f"AUC {format_estimate(Estimate(auc['value'], tuple(auc['ci'])))} against the recorded voice activity."
+        f"Voice-activity reader (fitted on the {fit!r} split, scored on {split!r}): frame accuracy "
+        f"{cell(reader['accuracy'])}, AUC {cell(reader['auc'])} against the recorded voice activity."
     )
 
 
