@@ -289,7 +289,7 @@ def step3_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> lis
 
 
 # ------------------------------------------------------------------------------------------------------- results
-RESULTS_FORMAT = "faceturn-study-results/2"
+RESULTS_FORMAT = "faceturn-study-results/3"
 
 
 def _ci(value: float, ci: list[float] | None, source: str, block: dict[str, Any]) -> dict[str, Any]:
