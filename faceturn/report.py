@@ -170,8 +170,15 @@ def headline_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[
                      *(fmt_group(att.get(k, {}).get("groups", {}).get(g)) for k in corpora)))  # fmt: skip
     if all("audio_only" in att.get(k, {}) for k in corpora):
         row("leave-one-out ΔAUC · whole face (audio-only model)", lambda k: att[k]["audio_only"], 3, True)
+    for part, what in (("self_holds", "self holds"), ("interlocutor_holds", "interlocutor holds")):
+        if all("audio" in c[k]["step2"].get("implicit_yield", {}).get("vanilla", {}) for k in corpora):
+            row(f"step 2 · vanilla implicit yield signal ΔAUC (face − zeroed), {what}",
+                lambda k, q=part: c[k]["step2"]["implicit_yield"]["vanilla"]["audio"][q].get("delta"),
+                3, True)  # fmt: skip
     if all("step4" in c[k] for k in corpora):
         for model, policy, label in STEP4_TALKERS:
+            if label == "aux":  # the headline shows the vanilla model and the gated aux model; the rest is below
+                continue
             if not all(policy in c[k]["step4"]["models"][model]["policies"] for k in corpora):
                 continue
             for metric, what in (("pause_takeover_rate", "take-over at pauses"),
@@ -399,16 +406,21 @@ def _implicit_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
     c = results["corpora"]
     corpora = list(c)
     models = list(dict.fromkeys(m for k in corpora for m in c[k]["step2"].get("implicit_yield", {})))
-    score = {"self_holds": "P(self silent next), self holds", "interlocutor_holds":
-             "P(self talking next), interlocutor holds"}  # fmt: skip
+    scores = {
+        "audio": {"self_holds": "P(self silent next), self holds",
+                  "interlocutor_holds": "P(self talking next), interlocutor holds"},
+        "text": {"self_holds": "P(PAD next), self holds", "interlocutor_holds": "1 − P(PAD next), interlocutor holds"},
+    }  # fmt: skip
     rows = []
-    for m in models:
-        for part, what in score.items():
+    signals = [x for x in scores if any(x in v for k in corpora for v in c[k]["step2"].get("implicit_yield",
+                                                                                        {}).values())]  # fmt: skip
+    for m, signal in ((m, x) for m in models for x in signals or ["audio"]):
+        for part, what in scores[signal].items():
             for cond in ("face", "zeroed", "delta"):
                 cells = []
                 for k in corpora:
                     imp = c[k]["step2"].get("implicit_yield", {}).get(m, {})
-                    e = imp.get("audio", {}).get(part, {}).get(cond)
+                    e = imp.get(signal, {}).get(part, {}).get(cond)
                     missing = f"n/a: {imp['note']}" if "note" in imp else "n/a"
                     cells.append(format_estimate(e, 3, cond == "delta") if e else missing)
                 rows.append((f"implicit yield AUC, {m}: {what}, {'Δ (face − zeroed)' if cond == 'delta' else cond}",
