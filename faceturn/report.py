@@ -472,6 +472,14 @@ def _step4_section(results: dict[str, Any], stems: dict[str, str]) -> list[Block
             rows.append((TIMING_LABELS[metric], *cells, format_estimate(ref, digits, signed) if ref else ""))
         blocks.append(Table(header, tuple(rows)))
         blocks.append(Para(_step4_reading(k, b, talkers)))
+        greedy = [(label, b["models"][m]["policies"][p.replace("moshi", "greedy")]) for m, p, label in talkers
+                  if p.replace("moshi", "greedy") in b["models"][m]["policies"]]  # fmt: skip
+        if greedy:
+            human = format_estimate(b["corpus_reference"].get("speech_fraction"))
+            blocks.append(Para("Greedy decoding, the share of frames the model speaks (face / zeroed): " + "; ".join(
+                f"{label} {format_estimate(g['metrics']['speech_fraction']['face'])} / "
+                f"{format_estimate(g['metrics']['speech_fraction']['zeroed'])}" for label, g in greedy)
+                + f" (the recording's self: {human})."))  # fmt: skip
     if "takeover" in stems:
         blocks.append(Figure(stems["takeover"], "Step 4: take-over rate at the interlocutor's pauses and at its turn "
                              "ends, face (filled) vs zeroed (hollow), per model (Moshi sampling), with the recording's "

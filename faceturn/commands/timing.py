@@ -1,5 +1,5 @@
 """`faceturn timing`: step 4 — turn-taking metrics of a talk file (pause handling, smooth turn-taking against the
-recording's own human gaps, yielding, backchannels, overlap and silence), face vs zeroed with paired
+recording's own human gaps, yielding, backchannels, speech, overlap and silence), face vs zeroed with paired
 conversation-cluster CIs, ungated and gated side by side, with the voice reader's accuracy."""
 
 from __future__ import annotations

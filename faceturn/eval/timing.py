@@ -15,7 +15,7 @@ IPU that is not a backchannel. The interlocutor's events come from the recording
   `yield_window_s`, and how fast;
 - **backchannels**: the model's short IPUs started while the interlocutor holds the floor, per minute of its floor,
   and the share started while the interlocutor is speaking (rather than in its pauses);
-- **overlap and silence fractions** of the talked frames.
+- **speech, overlap and silence fractions** of the talked frames (self speaks; both; neither).
 
 An event where the model is already speaking when the silence starts is not eligible for the take-over rates (it
 cannot start what it is doing); how many events were eligible is reported. Every metric is also computed on the
@@ -112,15 +112,16 @@ def event_outcomes(
 def row_outcomes(
     active: np.ndarray, other_active: np.ndarray, other_floor: np.ndarray, labels: EventConfig
 ) -> dict[str, float]:
-    """Frame-level figures of one talked row: overlap and silence frames, backchannels (short IPUs) started while
-    the interlocutor holds the floor (`other_floor` [T] bool) and how many of them while it speaks, and the minutes of
-    its floor."""
+    """Frame-level figures of one talked row: speech, overlap and silence frames, backchannels (short IPUs) started
+    while the interlocutor holds the floor (`other_floor` [T] bool) and how many of them while it speaks, and the
+    minutes of its floor."""
     active, other_active, other_floor = (np.asarray(x, bool) for x in (active, other_active, other_floor))
     ipu_start, ipu_stop = ipu_bounds(active, labels)
     short = (ipu_stop - ipu_start) < labels.bc_max_frames
     bc = ipu_start[short & other_floor[ipu_start]] if ipu_start.size else ipu_start
     return {
         "frames": float(active.size),
+        "speech": float(active.sum()),
         "overlap": float((active & other_active).sum()),
         "silence": float((~active & ~other_active).sum()),
         "backchannels": float(bc.size),
@@ -172,6 +173,7 @@ METRICS: dict[str, Metric] = {
     "yield_latency_median_s": ("event", _latency(ONSET), weighted_median, 2, False, True),
     "backchannels_per_min": ("row", *_ratio("backchannels", "floor_minutes"), 2, False, True),
     "backchannel_in_speech_share": ("row", *_ratio("backchannels_in_speech", "backchannels"), 3, False, True),
+    "speech_fraction": ("row", *_ratio("speech", "frames"), 3, False, True),
     "overlap_fraction": ("row", *_ratio("overlap", "frames"), 3, False, True),
     "silence_fraction": ("row", *_ratio("silence", "frames"), 3, False, True),
 }  # fmt: skip
@@ -186,6 +188,7 @@ LABELS = {
     "yield_latency_median_s": "time to stop after the interlocutor starts, median (s)",
     "backchannels_per_min": "backchannels per minute of the interlocutor's floor",
     "backchannel_in_speech_share": "share of backchannels started while the interlocutor speaks",
+    "speech_fraction": "speech fraction (self speaks)",
     "overlap_fraction": "overlap fraction (both speak)",
     "silence_fraction": "silence fraction (neither speaks)",
 }
