@@ -117,6 +117,9 @@ class StudyConfig:
                 "vanilla.loss.audio_weight is 0, but step 4 lets the vanilla model talk: train it with the audio loss "
                 "or set step4 = false"
             )
+        names = [c.name for c in self.corpora]
+        if len(set(names)) != len(names):
+            raise ValueError(f"corpus names must be distinct, got {names}")
 
     @property
     def aux_lm(self) -> TrainConfig:
@@ -124,9 +127,6 @@ class StudyConfig:
         in the auxiliary head alone and both have trained audio heads (step 3's aux model may be trained without
         the audio loss, which leaves it unable to talk)."""
         return replace(self.vanilla, loss=replace(self.vanilla.loss, yield_weight=self.aux.loss.yield_weight))
-        names = [c.name for c in self.corpora]
-        if len(set(names)) != len(names):
-            raise ValueError(f"corpus names must be distinct, got {names}")
 
 
 def load_study_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:

@@ -120,6 +120,12 @@ def test_results_trace_every_number_to_a_file(study):
         pred = json.loads((out / s3["face"]["source"]).read_text())["frames"]["all"]
         assert s3["delta"]["value"] == pred["delta"]  # the same number as the step's own file
         assert (out / b["step3"]["prediction_file"]).is_file()
+        assert set(b["step2"]["implicit_yield"]) == {"vanilla", "aux-lm"}  # step 2's implicit signal of both talkers
+        s4 = b["step4"]
+        assert set(s4["models"]) == {"vanilla", "aux-lm"} and set(s4["models"]["aux-lm"]["policies"]) == {
+            "moshi", "moshi+gate"} and s4["models"]["vanilla"]["gate"] is None  # fmt: skip
+        assert s4["reader"]["accuracy"]["value"] >= 0.95 and (out / s4["reader"]["accuracy"]["source"]).is_file()
+        assert "pause_takeover_rate" in s4["models"]["vanilla"]["policies"]["moshi"]["metrics"]
         att = res["attribution"]["corpora"][c]
         assert set(att["groups"]) == {"head_trans"}
         assert att["posthoc"]["standardize"]["valid"] is False
@@ -184,6 +190,10 @@ def test_bad_study_configs_are_named(tmp_path, capsys):
     bad.write_text('[[corpora]]\nname = "a"\npath = "nowhere"\n')
     assert main(["study", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "is not a corpus folder" in capsys.readouterr().err
+    bad.write_text('[[corpora]]\nname = "a"\npath = "nowhere"\n[vanilla]\ninherit = "vanilla"\n'
+                   "loss = { audio_weight = 0 }\n")  # fmt: skip
+    assert main(["study", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "vanilla.loss.audio_weight is 0, but step 4 lets the vanilla model talk" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------- recovery, by hand-made data
