@@ -218,10 +218,12 @@ def interlocutor_events(labels: TurnLabels, self_speaker: int) -> list[tuple[int
 
 
 # ------------------------------------------------------------------------------------------------------ talking
-def gate_thresholds(run: str | Path, corpus: str | Path, split: str, *, progress: bool = False) -> dict[str, Any]:
+def gate_thresholds(
+    run: str | Path, corpus: str | Path, split: str, *, device: str = "cpu", progress: bool = False
+) -> dict[str, Any]:
     """θ per condition for `--gate`: Youden's J of the listening P(yield) on `split`'s scored frames where the
     interlocutor holds the floor (target: a hand-over, i.e. the floor coming to self, within the horizon)."""
-    pred = predict(run, corpus, split, progress=progress)
+    pred = predict(run, corpus, split, device=device, progress=progress)
     sel = pred.m & (pred.holder == 0)
     y = pred.y[sel]
     if y.size == 0 or y.min() == y.max():
@@ -270,7 +272,7 @@ def talk(
     labels_cfg = train_cfg.labels
     reader = fit_reader(store, config.voice, labels_cfg.voiced_min_fraction)
     reader_scores = score_reader(reader, store, split, n_resamples=config.resamples, seed=config.seed)
-    thresholds = gate_thresholds(ckpt, corpus, config.gate_split, progress=progress) if gate else None
+    thresholds = gate_thresholds(ckpt, corpus, config.gate_split, device=device, progress=progress) if gate else None
 
     limit = duration_to_frames(config.max_seconds) if config.max_seconds > 0 else None
     convs = []  # per conversation: its arrays cut to the talked frames
