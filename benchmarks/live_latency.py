@@ -1,5 +1,6 @@
 """Live latency: per 80 ms frame, the time in Mimi encoding, face extraction, VAD and the model step, and end to end
-(capture → P(yield)), p50 / p99, with the real-time factor, for `tiny` and `small` on 2 CPU threads.
+(capture → P(yield)), p50 / p99, with the real-time factor, for `tiny` and `small` on 2 CPU threads (one torch
+thread for Mimi and the model, the landmarker's own thread beside it: `faceturn live`'s default on 2 cores).
 
     .venv/bin/python benchmarks/live_latency.py --face-model ~/models/face_landmarker.task
     .venv/bin/python benchmarks/live_latency.py --configs small --seconds 120 --threads 2
@@ -175,7 +176,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", nargs="+", default=["tiny", "small"])
     ap.add_argument("--seconds", type=float, default=120.0, help="media per config (default: 120)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: with the landmarker's thread, 2 CPU threads in all)",
+    )
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds at the start not measured")
     ap.add_argument("--face-model", default=os.environ.get("FACETURN_FACE_MODEL", ""))
     ap.add_argument("--speech", type=Path, default=None, help="a WAV of speech (default: espeak-ng)")

@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("faceturn.commands.plot", "figures from prediction files: the demo timeline, ROC curves"),
     "render": ("faceturn.commands.render", "an MP4 of a conversation's timeline with a moving playhead and its sound"),
     "view": ("faceturn.commands.view", "a self-contained HTML viewer: sound or video in sync with the timeline"),
+    "talk": ("faceturn.commands.talk", "step 4: the model talks against replayed conversations, face vs zeroed"),
+    "timing": ("faceturn.commands.timing", "step 4: turn-timing metrics of a talk file, face vs zeroed, paired CIs"),
     "study": ("faceturn.commands.study", "the whole study (steps 1-3, attribution, report) from a study config"),
     "attribute": ("faceturn.commands.attribute", "which face groups matter: leave-one-group-out by retraining"),
     "import-moshi": ("faceturn.commands.import_moshi", "import kyutai's Moshi 7B weights into a run folder"),

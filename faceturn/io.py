@@ -26,6 +26,7 @@ from faceturn.errors import FaceturnError
 
 # What `path_kind` calls things; commands name what they write with the same words.
 PREDICTION_FILE = "prediction file"
+TALK_FILE = "talk file"
 HTML_PAGE = "HTML page"
 MP4_VIDEO = "MP4 video"
 PNG_IMAGE = "PNG image"
@@ -120,8 +121,8 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 def path_kind(path: str | Path) -> str | None:
     """What an existing path is, judged by its content (None when nothing is there): a folder kind (corpus, run,
-    checkpoint, study, empty, plain folder) or a file kind (prediction file, safetensors file, MP4 video, HTML page,
-    PNG/SVG image, JSON file — with its `format` when it names one —, empty file, ...)."""
+    checkpoint, study, empty, plain folder) or a file kind (prediction file, talk file, safetensors file, MP4 video,
+    HTML page, PNG/SVG image, JSON file — with its `format` when it names one —, empty file, ...)."""
     p = Path(path)
     if not p.exists():
         return None
@@ -191,6 +192,8 @@ def _zip_kind(p: Path) -> str:
         return "damaged zip archive"
     if {"meta.npy", "p_face.npy"} <= names:
         return PREDICTION_FILE
+    if {"meta.npy", "codes.npy", "voice.npy"} <= names:
+        return TALK_FILE
     if names and all(n.endswith(".npy") for n in names):
         return "NumPy archive (.npz)"
     if any(n.endswith("data.pkl") for n in names):

@@ -304,6 +304,19 @@ def _fill_gaps(active: np.ndarray, gap_frames: int) -> tuple[list[int], list[int
 # Floor: one pass over the IPUs of both speakers in start order
 
 
+def ipu_bounds(active: np.ndarray, config: EventConfig = _DEFAULT_CONFIG) -> tuple[np.ndarray, np.ndarray]:
+    """IPUs of one speaker's activity [T] (bool, or voiced fractions thresholded at `voiced_min_fraction`): [start,
+    stop) frames of the runs left after filling the speaker's own gaps shorter than `ipu_gap_s`, as the floor uses
+    them (step 4 reads a talking model's IPUs with it)."""
+    active = np.asarray(active)
+    if active.ndim != 1:
+        raise ValueError(f"active must be [T], got shape {active.shape}")
+    if active.dtype != bool:
+        active = active >= config.voiced_min_fraction
+    starts, stops = _fill_gaps(active, config.ipu_gap_frames)
+    return np.asarray(starts, np.int64), np.asarray(stops, np.int64)
+
+
 def _covering_stop(starts: list[int], stops: list[int], frame: int) -> int:
     """Stop of the IPU containing `frame`, or -1 if the speaker is silent there."""
     i = bisect_right(starts, frame) - 1

@@ -18,6 +18,8 @@ from typing import Any
 from tqdm import tqdm
 
 from faceturn.eval.predict import Predictions
+from faceturn.eval.timing import LABELS as TIMING_LABELS
+from faceturn.eval.timing import METRICS as TIMING_METRICS
 from faceturn.io import atomic_write_text
 from faceturn.results import GroupReading, format_estimate, format_reading, robust_groups
 from faceturn.store import Corpus
@@ -31,6 +33,7 @@ from faceturn.viz.figures import (
     roc_figure,
     rows_from_bootstrap,
     rows_from_probe,
+    takeover_figure,
     timeline_figure,
 )
 from faceturn.viz.video import render_video
@@ -167,7 +170,34 @@ def headline_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[
                      *(fmt_group(att.get(k, {}).get("groups", {}).get(g)) for k in corpora)))  # fmt: skip
     if all("audio_only" in att.get(k, {}) for k in corpora):
         row("leave-one-out ΔAUC · whole face (audio-only model)", lambda k: att[k]["audio_only"], 3, True)
+    for part, what in (("self_holds", "self holds"), ("interlocutor_holds", "interlocutor holds")):
+        if all("audio" in c[k]["step2"].get("implicit_yield", {}).get("vanilla", {}) for k in corpora):
+            row(f"step 2 · vanilla implicit yield signal ΔAUC (face − zeroed), {what}",
+                lambda k, q=part: c[k]["step2"]["implicit_yield"]["vanilla"]["audio"][q].get("delta"),
+                3, True)  # fmt: skip
+    if all("step4" in c[k] for k in corpora):
+        for model, policy, label in STEP4_TALKERS:
+            if label == "aux":  # the headline shows the vanilla model and the gated aux model; the rest is below
+                continue
+            if not all(policy in c[k]["step4"]["models"][model]["policies"] for k in corpora):
+                continue
+            for metric, what in (("pause_takeover_rate", "take-over at pauses"),
+                                 ("shift_takeover_rate", "take-over at turn ends")):  # fmt: skip
+                for cond in ("face", "zeroed"):
+                    row(f"step 4 · {label}: {what}, {cond}",
+                        lambda k, m=model, p=policy, x=metric, q=cond: _step4(c[k], m, p, x, q))  # fmt: skip
+        row("step 4 · voice reader frame accuracy", lambda k: c[k]["step4"]["reader"]["accuracy"])
     return ("figure", *corpora), rows
+
+
+# step 4's talkers in the report: (model, policy, label); Moshi sampling (greedy decoding is reported in results.json)
+STEP4_TALKERS = (("vanilla", "moshi", "vanilla"), ("aux-lm", "moshi", "aux"), ("aux-lm", "moshi+gate", "aux + gate"))
+
+
+def _step4(block: dict[str, Any], model: str, policy: str, metric: str, cond: str) -> dict[str, Any] | None:
+    """One step-4 number of a corpus block (None when absent or undefined)."""
+    e = block["step4"]["models"][model]["policies"].get(policy, {}).get("metrics", {}).get(metric, {}).get(cond)
+    return e if e and e.get("value") is not None else None
 
 
 # ------------------------------------------------------------------------------------------------------- figures
@@ -202,6 +232,9 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
         readings = {g: GroupReading.from_json(r) for g, r in results["attribution"]["reading"].items()}
         logo_figure(series, fig_dir / "attribution", robust=robust_groups(readings))
         stems["attribution"] = "figures/attribution"
+    if all("step4" in results["corpora"][c] for c in corpora):
+        takeover_figure({c: _takeover_rows(results["corpora"][c]) for c in corpora}, fig_dir / "takeover")
+        stems["takeover"] = "figures/takeover"
     for c in corpora:
         conv = preds[c].meta["conversations"][0]
         end_s = min(TIMELINE_WINDOW_S[1], _duration_s(preds[c], conv))
@@ -209,6 +242,34 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
         timeline_figure(data, fig_dir / f"timeline-{c}")
         stems[f"timeline-{c}"] = f"figures/timeline-{c}"
     return stems
+
+
+def _takeover_rows(block: dict[str, Any]) -> list[dict[str, Any]]:
+    """The take-over chart's rows of one corpus: each talker face and zeroed, and the recording's humans (a rate
+    that is undefined, for want of an eligible event, is None and not drawn)."""
+
+    def interval(e: dict[str, Any] | None) -> dict[str, Any] | None:
+        if e is None or e.get("value") is None:
+            return None
+        ci = e.get("ci")
+        return {"value": e["value"], "lo": ci[0] if ci else None, "hi": ci[1] if ci else None}
+
+    rows = []
+    for model, policy, label in STEP4_TALKERS:
+        for cond in ("face", "zeroed"):
+            rows.append(
+                {
+                    "name": f"{label}, {cond}",
+                    **{
+                        k: interval(_step4(block, model, policy, f"{k}_takeover_rate", cond))
+                        for k in ("pause", "shift")
+                    },
+                }
+            )
+    ref = block["step4"]["corpus_reference"]
+    rows.append({"name": "recording (humans)", **{k: interval(ref.get(f"{k}_takeover_rate"))
+                                                  for k in ("pause", "shift")}})  # fmt: skip
+    return rows
 
 
 def _duration_s(pred: Any, conversation_id: str) -> float:
@@ -334,6 +395,121 @@ def _headline_invalid(results: dict[str, Any]) -> list[Block]:
                  "below for why."), posthoc_table(results, norm)]  # fmt: skip
 
 
+def _reader_text(reader: dict[str, Any]) -> str:
+    """The voice reader's scores, as every result that uses it reports them."""
+    return (f"frame accuracy {format_estimate(reader['accuracy'])}, AUC {format_estimate(reader['auc'])} (fitted on "
+            f"`{reader['fit_split']}`, scored on `{reader['split']}`)")  # fmt: skip
+
+
+def _implicit_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
+    """Step 2's implicit-yield rows: per model and floor holder, AUC face, zeroed and Δ."""
+    c = results["corpora"]
+    corpora = list(c)
+    models = list(dict.fromkeys(m for k in corpora for m in c[k]["step2"].get("implicit_yield", {})))
+    scores = {
+        "audio": {"self_holds": "P(self silent next), self holds",
+                  "interlocutor_holds": "P(self talking next), interlocutor holds"},
+        "text": {"self_holds": "P(PAD next), self holds", "interlocutor_holds": "1 − P(PAD next), interlocutor holds"},
+    }  # fmt: skip
+    rows = []
+    signals = [x for x in scores if any(x in v for k in corpora for v in c[k]["step2"].get("implicit_yield",
+                                                                                        {}).values())]  # fmt: skip
+    for m, signal in ((m, x) for m in models for x in signals or ["audio"]):
+        for part, what in scores[signal].items():
+            for cond in ("face", "zeroed", "delta"):
+                cells = []
+                for k in corpora:
+                    imp = c[k]["step2"].get("implicit_yield", {}).get(m, {})
+                    e = imp.get(signal, {}).get(part, {}).get(cond)
+                    missing = f"n/a: {imp['note']}" if "note" in imp else "n/a"
+                    cells.append(format_estimate(e, 3, cond == "delta") if e else missing)
+                rows.append((f"implicit yield AUC, {m}: {what}, {'Δ (face − zeroed)' if cond == 'delta' else cond}",
+                             *cells))  # fmt: skip
+    return tuple(rows)
+
+
+def _step4_section(results: dict[str, Any], stems: dict[str, str]) -> list[Block]:
+    """Step 4: what was done, the voice reader, one table per corpus, the figure and what changes with the face."""
+    c = results["corpora"]
+    corpora = [k for k in c if "step4" in c[k]]
+    if not corpora:
+        return []
+    talk = results["study"]["talk"]
+    seconds = f"the first {talk['max_seconds']:g} s of" if talk["max_seconds"] else "the whole of"
+    blocks: list[Block] = [
+        Heading("Step 4: does seeing the face change when the model talks?"),
+        Para(f"The vanilla model and its aux twin (the same recipe plus the yield loss, so both have trained audio "
+             f"heads) talk as self over {seconds} every `{results['split']}` conversation while the interlocutor's "
+             f"recorded audio and face are replayed (open loop: the interlocutor does not react). Moshi's default "
+             f"sampling with seeds {list(talk['seeds'])}" + (" and greedy decoding" if talk["greedy"] else "")
+             + "; each run is talked with the face and with it zeroed, drawing the same random numbers, so the two "
+             "differ only where the model's predictions do. **aux + gate**: the aux model may start talking while "
+             "the interlocutor holds the floor only when its P(yield) reaches θ, chosen on the validation split. "
+             "The model's speech is read from its generated codes by the voice-activity reader; a take-over is a "
+             "non-backchannel IPU starting in the interlocutor's pause (VAP hold) or within "
+             f"{results['study']['timing']['response_window_s']:g} s of its turn end (VAP shift). The table shows "
+             "Moshi sampling; greedy decoding is in `results.json`."),
+    ]  # fmt: skip
+    for k in corpora:
+        b = c[k]["step4"]
+        gate = b["models"].get("aux-lm", {}).get("gate")
+        blocks.append(
+            Para(
+                f"`{k}`: voice-activity reader {_reader_text(b['reader'])}"
+                + (f"; gate θ face {gate['face']:.3f}, zeroed {gate['zeroed']:.3f}." if gate else ".")
+            )
+        )
+        talkers = [t for t in STEP4_TALKERS if t[1] in b["models"][t[0]]["policies"]]
+        header = ("metric", *(f"{label}: {h}" for _, _, label in talkers for h in ("face", "zeroed", "Δ")), "humans")
+        rows = []
+        for metric, (_, _, _, digits, signed, own) in TIMING_METRICS.items():
+            cells = []
+            for model, policy, _ in talkers:
+                m = b["models"][model]["policies"][policy]["metrics"][metric]
+                cells += [format_estimate(m.get(x) if m.get(x, {}).get("value") is not None else None, digits,
+                                          signed or x == "delta") for x in ("face", "zeroed", "delta")]  # fmt: skip
+            ref = b["corpus_reference"].get(metric) if own else None
+            rows.append((TIMING_LABELS[metric], *cells, format_estimate(ref, digits, signed) if ref else ""))
+        blocks.append(Table(header, tuple(rows)))
+        blocks.append(Para(_step4_reading(k, b, talkers)))
+        greedy = [(label, b["models"][m]["policies"][p.replace("moshi", "greedy")]) for m, p, label in talkers
+                  if p.replace("moshi", "greedy") in b["models"][m]["policies"]]  # fmt: skip
+        if greedy:
+            human = format_estimate(b["corpus_reference"].get("speech_fraction"))
+            blocks.append(Para("Greedy decoding, the share of frames the model speaks (face / zeroed): " + "; ".join(
+                f"{label} {format_estimate(g['metrics']['speech_fraction']['face'])} / "
+                f"{format_estimate(g['metrics']['speech_fraction']['zeroed'])}" for label, g in greedy)
+                + f" (the recording's self: {human})."))  # fmt: skip
+    if "takeover" in stems:
+        blocks.append(Figure(stems["takeover"], "Step 4: take-over rate at the interlocutor's pauses and at its turn "
+                             "ends, face (filled) vs zeroed (hollow), per model (Moshi sampling), with the recording's "
+                             "humans; 95 % CIs."))  # fmt: skip
+    return blocks
+
+
+def _step4_reading(corpus: str, b: dict[str, Any], talkers) -> str:
+    """In words, per talker: where the face changes the take-over rates (Δ CI excludes 0) and where it makes no
+    detectable difference."""
+    parts = []
+    for model, policy, label in talkers:
+        found = []
+        for metric, what in (("pause_takeover_rate", "at pauses"), ("shift_takeover_rate", "at turn ends")):
+            d = b["models"][model]["policies"][policy]["metrics"][metric].get("delta", {})
+            if d.get("value") is None or d.get("ci") is None:
+                found.append(f"{what} undefined (no eligible event)")
+            elif d["ci"][0] > 0 or d["ci"][1] < 0:
+                found.append(f"{what} {'higher' if d['value'] > 0 else 'lower'} with the face "
+                             f"({format_estimate(d, signed=True)})")  # fmt: skip
+            else:
+                found.append(f"{what} no detectable difference ({format_estimate(d, signed=True)})")
+        parts.append(f"{label}: take-over rate {'; '.join(found)}")
+    return (
+        f"**Reading, `{corpus}`** (Δ = face − zeroed, a difference only when its CI excludes 0): "
+        + ". ".join(parts)
+        + "."
+    )
+
+
 def _warnings(obj: Any) -> list[str]:
     """Every `warning` of the reported numbers (e.g. too few conversations for a meaningful CI)."""
     if isinstance(obj, dict):
@@ -397,7 +573,13 @@ def build_report(results: dict[str, Any], stems: dict[str, str], media: list) ->
                 ("readout-gain ratio, audio", "readout_gain_audio", 3, False),
             )
             if any(key in c[k]["step2"] for k in corpora)
-        )),
+        ) + _implicit_rows(results)),
+        Para("The implicit yield signal is the LM's own next-token prediction used as a turn score: the probability "
+             "that self is silent at the next frame (its semantic distribution summed over the voice reader's "
+             "silence classes) where self holds the floor, and that it talks where the interlocutor holds it, "
+             "against the turn-yield target; face vs zeroed, paired. Voice reader: " + "; ".join(
+                 f"{k} {_reader_text(v['reader'])}" for k in corpora
+                 for v in list(c[k]["step2"].get("implicit_yield", {}).values())[:1]) + "."),
         Heading("Step 3: the auxiliary yield head unlocks the face"),
         Para("The same architecture with the turn-yield head. Per-frame AUC with the face as given vs the whole face "
              "zeroed, paired over identical frames, overall and by who holds the floor; VAP-convention event "
@@ -446,6 +628,7 @@ def build_report(results: dict[str, Any], stems: dict[str, str], media: list) ->
                    "robust on every corpus; a group zeroed by default is shown added back."),
         ]  # fmt: skip
         blocks += _posthoc_section(results)
+    blocks += _step4_section(results, stems)
     blocks += [Heading("Watching the model")]
     for k in corpora:
         stem = stems.get(f"timeline-{k}")

@@ -22,7 +22,7 @@ in bounded blocks.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -671,3 +671,112 @@ def cluster_bootstrap_ratio(
         "seed": int(seed),
         "level": float(level),
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# any statistic of weighted events, paired over conditions (step 4's turn-timing metrics)
+
+WeightedStatistic = Callable[..., np.ndarray]  # (weights [r, n], *arrays [n]) -> [r]; NaN where undefined
+
+
+def weighted_ratio(weights: np.ndarray, numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Σ w·numerator / Σ w·denominator per row of weights (a rate: events taken over events eligible); NaN where the
+    denominator is 0."""
+    den = weights @ np.asarray(denominator, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, (weights @ np.asarray(numerator, np.float64)) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def weighted_median(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The lower weighted median per row of weights (the smallest value whose cumulative weight reaches half the
+    total) of the finite entries of `values` (NaN marks an entry without a value); NaN where no weight is left."""
+    values = np.asarray(values, np.float64)
+    ok = np.isfinite(values)
+    order = np.argsort(values[ok], kind="stable")
+    v, w = values[ok][order], weights[:, ok][:, order]
+    if v.size == 0:
+        return np.full(weights.shape[0], np.nan)
+    cum = np.cumsum(w, axis=1)
+    total = cum[:, -1]
+    index = np.argmax(cum >= 0.5 * total[:, None] - 1e-9 * np.maximum(total[:, None], 1.0), axis=1)
+    return np.where(total > 0, v[index], np.nan)
+
+
+def weighted_wasserstein(weights: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The 1-Wasserstein (earth mover's) distance between the weighted samples {a_i} and {b_i} (finite entries
+    only; entry i weighs weights[:, i] in both), per row of weights: ∫ |F_a − F_b| dx, as scipy's
+    `wasserstein_distance`; NaN where either sample has no weight."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    x = np.concatenate([a[fa], b[fb]])
+    if not fa.any() or not fb.any():
+        return np.full(weights.shape[0], np.nan)
+    zeros_a, zeros_b = np.zeros((weights.shape[0], int(fb.sum()))), np.zeros((weights.shape[0], int(fa.sum())))
+    wa = np.concatenate([weights[:, fa], zeros_a], axis=1)
+    wb = np.concatenate([zeros_b, weights[:, fb]], axis=1)
+    order = np.argsort(x, kind="stable")
+    x, wa, wb = x[order], wa[:, order], wb[:, order]
+    ta, tb = wa.sum(axis=1, keepdims=True), wb.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cdf_gap = np.abs(np.cumsum(wa, axis=1) / ta - np.cumsum(wb, axis=1) / tb)[:, :-1]
+    out = cdf_gap @ np.diff(x)
+    return np.where((ta[:, 0] > 0) & (tb[:, 0] > 0), out, np.nan)
+
+
+def paired_cluster_statistic(
+    statistic: WeightedStatistic,
+    data: Mapping[str, Sequence[np.ndarray]],
+    clusters: Any,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Any statistic of weighted events per condition, with percentile CIs from a paired conversation-cluster
+    bootstrap and, for two conditions, the paired difference (first minus second).
+
+    `data[condition]` is a tuple of arrays aligned with `clusters` (one entry per event, the same events for every
+    condition: e.g. the same pauses answered with the face and with it zeroed); `statistic(weights, *arrays)` returns
+    one value per row of `weights` [r, n] (the multiplicity of each event's conversation in a resample; all ones for
+    the point estimate), NaN where undefined (a median of nothing). Every resample draws C conversations with
+    replacement and uses that draw for every condition. Resamples where a value is undefined are counted
+    (`n_undefined`) and left out of that CI.
+    """
+    if not data:
+        raise ValueError("paired_cluster_statistic needs at least one condition")
+    n = np.asarray(clusters).shape[0]
+    arrays = {k: tuple(np.asarray(a) for a in v) for k, v in data.items()}
+    for k, v in arrays.items():
+        if any(a.ndim != 1 or a.shape[0] != n for a in v):
+            raise ValueError(f"condition {k!r}: every array must be 1-D with one entry per cluster id ({n})")
+    units, n_units = _factorize(clusters, n)
+    if n_units < 2:
+        raise FaceturnError(f"need at least 2 conversations to bootstrap, got {n_units}")
+    if not 0 < level < 1:
+        raise FaceturnError(f"level must be in (0, 1), got {level!r}")
+    point = {k: float(statistic(np.ones((1, n)), *v)[0]) for k, v in arrays.items()}
+    resampled = {k: [] for k in arrays}
+    for block in _draw_multiplicities(n_units, int(n_resamples), int(seed)):
+        weights = block[:, units].astype(np.float64)
+        for k, v in arrays.items():
+            resampled[k].append(statistic(weights, *v))
+    values = {k: np.concatenate(v) for k, v in resampled.items()}
+
+    def ci(x: np.ndarray) -> list[float] | None:
+        x = x[np.isfinite(x)]
+        return list(percentile_ci(x, level)) if x.size else None
+
+    out: dict[str, Any] = {
+        "value": {k: (v if math.isfinite(v) else None) for k, v in point.items()},
+        "ci": {k: ci(v) for k, v in values.items()},
+        "n_undefined": {k: int((~np.isfinite(v)).sum()) for k, v in values.items()},
+    }
+    if len(arrays) == 2:
+        a, b = arrays
+        d = point[a] - point[b]
+        out["delta"] = d if math.isfinite(d) else None
+        out["delta_ci"] = ci(values[a] - values[b])
+        out["delta_of"] = [a, b]
+    out.update(n_events=int(n), n_clusters=int(n_units), n_resamples=int(n_resamples), seed=int(seed),
+               level=float(level))  # fmt: skip
+    return out

@@ -61,17 +61,72 @@ GREEDY = Sampling()
 MOSHI_SAMPLING = Sampling(audio_temperature=0.8, audio_top_k=250, text_temperature=0.7, text_top_k=25)
 
 
-def sample_token(logits: Tensor, temperature: float, top_k: int, generator: torch.Generator | None = None) -> Tensor:
+def sample_token(
+    logits: Tensor,
+    temperature: float,
+    top_k: int,
+    generator: torch.Generator | None = None,
+    uniforms: Tensor | None = None,
+) -> Tensor:
     """logits [..., V] → tokens [...]: argmax when temperature is 0, else a draw from softmax(logits / temperature)
-    restricted to the top_k largest (0 = all)."""
+    restricted to the top_k largest (0 = all), by inverse transform of one uniform number per row: `uniforms` [...]
+    in [0, 1) when given (rows given the same number are paired: common random numbers), else drawn from
+    `generator`. Tokens with probability 0 (logits −inf) are never drawn."""
     if temperature == 0:
         return logits.argmax(-1)
     choices = None
     if 0 < top_k < logits.shape[-1]:
-        logits, choices = logits.topk(top_k, dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    drawn = torch.multinomial(probs.flatten(0, -2), 1, generator=generator).view(*probs.shape[:-1], 1)
+        logits, choices = logits.topk(top_k, dim=-1, sorted=False)  # the order is irrelevant to the draw
+    probs = torch.softmax(logits.float() / temperature, dim=-1).flatten(0, -2)
+    if uniforms is None:
+        uniforms = torch.rand(probs.shape[0], generator=generator, device=probs.device)
+    cdf = probs.cumsum(-1)
+    drawn = (cdf <= uniforms.reshape(-1, 1).to(cdf) * cdf[:, -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
+    drawn = drawn.view(*logits.shape[:-1], 1)
     return (drawn if choices is None else choices.gather(-1, drawn))[..., 0]
+
+
+class FloorGate:
+    """Floor control from the yield head (step 4's `--gate`), for `TurnYieldStream.generate_step`: a gated row that
+    is silent may start talking while the interlocutor holds the floor only when its P(yield) of the previous frame
+    reached its threshold θ; otherwise it is held silent for this frame (its semantic token is drawn among
+    `silence_tokens`, its text is PAD). Talking rows are never cut off, and ungated rows (θ = NaN) never held.
+
+    Causal, from what the talking side knows when it draws frame k: the interlocutor holds the floor when it was
+    active more recently than the row spoke (its activity up to frame k − 1, `other_active`: the voice activity of
+    the audio being replayed), the row is silent when its semantic token of frame k − 1 is a silence token."""
+
+    def __init__(self, thresholds: Tensor, other_active: Tensor, silence_tokens: Tensor, text_pad: int = 3):
+        b = thresholds.shape[0]
+        if other_active.dim() != 2 or other_active.shape[0] != b:
+            raise ValueError(f"other_active must be [{b}, T], got {tuple(other_active.shape)}")
+        self.thresholds = thresholds.float()
+        self.other_active = other_active.bool()
+        self.silence_tokens = silence_tokens.long().flatten()
+        self.text_pad = text_pad
+        self.gated = ~torch.isnan(self.thresholds)
+        self._last_self = torch.full((b,), -1, dtype=torch.long)
+        self._last_other = torch.full((b,), -1, dtype=torch.long)
+        self._silent = torch.ones(b, dtype=torch.bool)
+        self._p = torch.zeros(b)
+        self.held = torch.zeros(b, self.other_active.shape[1], dtype=torch.bool)  # [B, T] frames held silent
+
+    def hold(self, frame: int) -> Tensor:
+        """[B] rows that may not start talking at `frame`."""
+        other_holds = self._last_other > self._last_self
+        held = self.gated & self._silent & other_holds & (self._p < self.thresholds) & (frame > 0)
+        if frame < self.held.shape[1]:
+            self.held[:, frame] = held
+        return held
+
+    def observe(self, step: GeneratedStep) -> None:
+        """Update with the frame just talked (its semantic token, P(yield) and the interlocutor's activity)."""
+        k = int(step.frame[0])
+        self._silent = torch.isin(step.drawn[:, 1], self.silence_tokens)
+        self._last_self = torch.where(self._silent, self._last_self, k)
+        if k < self.other_active.shape[1]:
+            self._last_other = torch.where(self.other_active[:, k], k, self._last_other)
+        self._p = step.p_yield.float()
 
 
 @dataclass
@@ -251,14 +306,31 @@ class TurnYieldStream:
         return float(p[0])
 
     # ---------------------------------------------------------------------------------------------------- talking
-    def _sample(self, sampling: Sampling, text: bool, generator: torch.Generator | None):
+    def _sample(
+        self,
+        sampling: Sampling,
+        text: bool,
+        generator: torch.Generator | None,
+        uniforms: Tensor | None = None,
+        hold: Tensor | None = None,
+        gate: FloorGate | None = None,
+    ):
         """Draw the self's tokens of column k + 1 from the output at position k → (tokens [B, 9] in column order:
         text of frame k, codebook j of frame k − delays[1 + j]; initial where that frame is < 0), text logits or
-        None, audio logits [B, 8, card]). The depformer reads exactly the tokens of the column it writes."""
+        None, audio logits [B, 8, card]). The depformer reads exactly the tokens of the column it writes. Draw j
+        (text, then codebooks 0–7) uses uniforms[:, j] when given (else `generator`); rows in `hold` are held silent
+        as `gate` says."""
         model, h, B = self.model, self._h, self.batch_size
+
+        def u(j: int) -> Tensor | None:
+            return None if uniforms is None else uniforms[:, j]
+
+        held = hold is not None and bool(hold.any())
         if text:
             text_logits = model.text_linear(h).float()
-            token = sample_token(text_logits, sampling.text_temperature, sampling.text_top_k, generator)
+            token = sample_token(text_logits, sampling.text_temperature, sampling.text_top_k, generator, u(0))
+            if held:
+                token = torch.where(hold, gate.text_pad, token)
         else:
             text_logits, token = None, torch.full((B,), ZERO_TOKEN, device=self.device)
         valid = self._frames[:, None] >= self._delays[: 1 + N_CODEBOOKS]  # [B, 9] the token's frame exists
@@ -270,7 +342,11 @@ class TurnYieldStream:
         for k in range(N_CODEBOOKS):
             step_logits = model.depformer_step(h, tokens[-1], k, self._depth_caches).float()
             audio_logits.append(step_logits)
-            token = sample_token(step_logits, sampling.audio_temperature, sampling.audio_top_k, generator)
+            if k == 0 and held:  # the semantic token of frame k: silence classes only
+                allowed = torch.zeros(step_logits.shape[-1], dtype=torch.bool, device=self.device)
+                allowed[gate.silence_tokens.to(self.device)] = True
+                step_logits = torch.where(hold[:, None] & ~allowed, float("-inf"), step_logits)
+            token = sample_token(step_logits, sampling.audio_temperature, sampling.audio_top_k, generator, u(1 + k))
             tokens.append(torch.where(valid[:, 1 + k], token, self._initial[1 + k]))
         return torch.stack(tokens, dim=1), text_logits, torch.stack(audio_logits, dim=1)
 
@@ -283,13 +359,28 @@ class TurnYieldStream:
         sampling: Sampling = GREEDY,
         text: bool = True,
         generator: torch.Generator | None = None,
+        uniforms: Tensor | None = None,
+        gate: FloorGate | None = None,
     ) -> GeneratedStep:
         """Talk for frame k of every row: the model draws its own tokens (text[k] unless `text` is False, then its
         audio codebooks through the depformer), then hears the interlocutor's frame k (other_codes [B, 8],
-        other_face [B, 61], face_present [B]) → GeneratedStep. `generator` seeds the draws (on the model's device)."""
+        other_face [B, 61], face_present [B]) → GeneratedStep. `generator` seeds the draws (on the model's device);
+        or `uniforms` [B, 9] in [0, 1) give them (draw j: text, then codebooks 0–7): rows given the same numbers are
+        paired (common random numbers), so rows that differ only in an input (the face, zeroed) differ in their
+        tokens only where the model's distributions do. `gate` holds rows silent (see `FloorGate`), which it
+        observes after the step."""
         other = self._codes("other_codes", other_codes, (self.batch_size, N_CODEBOOKS), self.model.cfg.card)
         face, present = self._face(other_face, face_present)
-        column, text_logits, audio_logits = self._sample(sampling, text, generator)
+        if uniforms is not None:
+            uniforms = torch.as_tensor(uniforms, dtype=torch.float32, device=self.device)
+            if tuple(uniforms.shape) != (self.batch_size, 1 + N_CODEBOOKS):
+                raise ValueError(f"uniforms must be [{self.batch_size}, {1 + N_CODEBOOKS}], got {list(uniforms.shape)}")
+        hold = None
+        if gate is not None:
+            if gate.thresholds.shape[0] != self.batch_size:
+                raise ValueError(f"the gate has {gate.thresholds.shape[0]} rows, the stream {self.batch_size}")
+            hold = gate.hold(int(self._frames[0])).to(self.device)
+        column, text_logits, audio_logits = self._sample(sampling, text, generator, uniforms, hold, gate)
         frame_tokens = torch.cat([torch.full_like(column, ZERO_TOKEN), other], dim=1)
         self._push(frame_tokens)
         # Token s of the column belongs to frame k − delays[s]: its history slot is max_delay − delays[s].
@@ -299,7 +390,7 @@ class TurnYieldStream:
         p_yield = torch.sigmoid(self._consume(face, present)).cpu()
         complete = self._history[:, : 1 + N_CODEBOOKS, 0]  # frame k − max_delay: text, self cb0..7
         complete = torch.where((frame >= self.max_delay)[:, None], complete, ZERO_TOKEN).cpu()
-        return GeneratedStep(
+        step = GeneratedStep(
             frame=frame.cpu(),
             p_yield=p_yield,
             drawn=column.cpu(),
@@ -308,6 +399,9 @@ class TurnYieldStream:
             text_logits=None if text_logits is None else text_logits.cpu(),
             audio_logits=audio_logits.cpu(),
         )
+        if gate is not None:
+            gate.observe(step)
+        return step
 
 
 @dataclass
@@ -332,11 +426,15 @@ def generate(
     text: bool = True,
     generator: torch.Generator | None = None,
     keep_logits: bool = False,
+    uniforms: Tensor | None = None,
+    gate: FloorGate | None = None,
 ) -> Generation:
     """The model talks as self for T frames while the interlocutor's frames are given: other_codes [B, 8, T],
     other_face [B, T, 61], face_present [B, T]. Greedy by default (`Sampling` for draws).
 
-    Every frame is complete: the acoustic codebooks of the last max(delays) frames come from one more draw at
+    `uniforms` [B, T + 1, 9]: the random numbers of every draw (position, then text and codebooks 0–7; rows given
+    equal numbers are paired, see `TurnYieldStream.generate_step`); `gate`: floor control (`FloorGate`). Every frame
+    is complete: the acoustic codebooks of the last max(delays) frames come from one more draw at
     position T (codebooks with larger delays than that stay -1). `Model.forward(text, codes, other_codes, ...)` on the
     result reproduces `text_logits` and `audio_logits` (the tokens drawn are its teacher forcing) and `p_yield`.
 
@@ -352,19 +450,24 @@ def generate(
             f"other_face must be {[B, T, N_FACE]} and face_present {[B, T]}, got {tuple(other_face.shape)} and "
             f"{tuple(face_present.shape)}"
         )
+    if uniforms is not None and tuple(uniforms.shape) != (B, T + 1, 1 + N_CODEBOOKS):
+        raise ValueError(f"uniforms must be {[B, T + 1, 1 + N_CODEBOOKS]}, got {list(uniforms.shape)}")
     cfg = model.cfg
     stream = TurnYieldStream(model, B)
     p_yield, drawn, text_logits, audio_logits = [], [], [], []
     for k in range(T):
         out = stream.generate_step(
-            other_codes[:, :, k], other_face[:, k], face_present[:, k], sampling, text, generator
-        )
+            other_codes[:, :, k], other_face[:, k], face_present[:, k], sampling, text, generator,
+            None if uniforms is None else uniforms[:, k], gate,
+        )  # fmt: skip
         p_yield.append(out.p_yield)
         drawn.append(out.drawn)
         if keep_logits:
             text_logits.append(out.text_logits)
             audio_logits.append(out.audio_logits)
-    column, last_text_logits, last_audio_logits = stream._sample(sampling, text, generator)  # position T
+    # position T: the acoustic codebooks of the last frames (the semantic token drawn here belongs to no frame)
+    last = None if uniforms is None else uniforms[:, T].to(stream.device)
+    column, last_text_logits, last_audio_logits = stream._sample(sampling, text, generator, last)
     drawn.append(column.cpu())
     if keep_logits:
         text_logits.append(None if last_text_logits is None else last_text_logits.cpu())

@@ -1,6 +1,7 @@
 """The study (docs/design.md, "The study") as one resumable job: probe (step 1), vanilla LM analyses (step 2), aux
 model face vs zeroed (step 3), leave-one-group-out attribution by retraining (with the labelled-invalid post-hoc
-table), and a cross-corpus summary, written as results.json, report.md and a self-contained report.html.
+table), turn timing of the talking models (step 4), and a cross-corpus summary, written as results.json, report.md
+and a self-contained report.html.
 
 Every step is a job (argv lists, configs as JSON files in the study folder) that writes its result file atomically
 and is skipped when that file exists, so an interrupted study resumes where it stopped; a different configuration in
@@ -23,6 +24,8 @@ from faceturn.eval.analyze import AnalyzeConfig
 from faceturn.eval.attribution import PRED_NAME, AttributionConfig, collect, plan_jobs, plan_runs
 from faceturn.eval.corpus import corpus_statistics
 from faceturn.eval.probe import ProbeConfig
+from faceturn.eval.talk import TalkConfig
+from faceturn.eval.timing import TimingConfig
 from faceturn.io import atomic_write_json
 from faceturn.jobs import Job
 from faceturn.recipe import TrainConfig, load_train_config
@@ -91,6 +94,11 @@ class StudyConfig:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     render_conversations: int = 1  # viewer pages and MP4s for the first N test conversations of each corpus
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # resources with --executor slurm; no part of the results
+    # step 4: the vanilla model and its aux twin (`aux_lm`) talk against the evaluation split; False skips step 4
+    # (and the twin, so step 2's implicit yield signal then covers the vanilla model only)
+    step4: bool = True
+    talk: TalkConfig = field(default_factory=TalkConfig)  # its resamples and seed are the study's
+    timing: TimingConfig = field(default_factory=TimingConfig)  # its resamples, seed and minimum are the study's
 
     def __post_init__(self) -> None:
         if not self.corpora:
@@ -106,9 +114,21 @@ class StudyConfig:
             )
         if self.aux.loss.yield_weight <= 0:
             raise ValueError(f"aux.loss.yield_weight must be > 0 (step 3's model), got {self.aux.loss.yield_weight}")
+        if self.step4 and self.vanilla.loss.audio_weight == 0:
+            raise ValueError(
+                "vanilla.loss.audio_weight is 0, but step 4 lets the vanilla model talk: train it with the audio loss "
+                "or set step4 = false"
+            )
         names = [c.name for c in self.corpora]
         if len(set(names)) != len(names):
             raise ValueError(f"corpus names must be distinct, got {names}")
+
+    @property
+    def aux_lm(self) -> TrainConfig:
+        """Step 4's aux model: the vanilla recipe plus the aux model's yield loss, so the two talking models differ
+        in the auxiliary head alone and both have trained audio heads (step 3's aux model may be trained without
+        the audio loss, which leaves it unable to talk)."""
+        return replace(self.vanilla, loss=replace(self.vanilla.loss, yield_weight=self.aux.loss.yield_weight))
 
 
 def load_study_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
@@ -166,9 +186,9 @@ def plan_attribution(cfg: StudyConfig, plan_dir: Path, corpora: dict[str, Path])
 
 
 def study_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> list[Job]:
-    """Steps 1 and 2 as jobs (probe; vanilla training + analysis), every config a JSON file under configs/, plus the
-    attribution plan's runs (whose full models are step 3's aux models). Longest first, so two slots stay busy to the
-    end."""
+    """Steps 1 and 2 as jobs (probe; vanilla training + analysis, and with step 4 its aux twin's), every config a
+    JSON file under configs/, plus the attribution plan's runs (whose full models are step 3's aux models). Longest
+    first, so two slots stay busy to the end."""
     out_dir = Path(out_dir)
     vanilla = replace(cfg.vanilla, progress=False)
     analyze = replace(cfg.analyze, seed=cfg.seed, resamples=cfg.n_resamples, split=cfg.split,
@@ -176,22 +196,51 @@ def study_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> lis
     probe = replace(cfg.probe, seed=cfg.seed, min_conversations=cfg.min_conversations)
     save_json(analyze, out_dir / "configs/analyze.json")
     save_json(probe, out_dir / "configs/probe.json")
+    models = {"vanilla": vanilla} | ({"aux-lm": replace(cfg.aux_lm, progress=False)} if cfg.step4 else {})
     first, last = [], []
     for name, path in corpora.items():
         c = str(Path(path).resolve())
-        cfg_rel = f"configs/vanilla/{name}.json"
-        save_json(vanilla, out_dir / cfg_rel)
-        run_rel = f"runs/{name}/vanilla"
-        first.append(Job(f"step2/{name}", (
-            ("faceturn", "train", "--config", cfg_rel, "--corpus", c, "--out", run_rel, "--resume"),
-            ("faceturn", "analyze", "--run", run_rel, "--corpus", c, "--out", f"step2/{name}", "--config",
-             "configs/analyze.json"),
-        ), out_dir, (Path(f"step2/{name}/analysis.json"),), gpu=True))  # fmt: skip
+        for model, train_cfg in models.items():
+            cfg_rel = f"configs/{model}/{name}.json"
+            save_json(train_cfg, out_dir / cfg_rel)
+            run_rel, step2 = f"runs/{name}/{model}", STEP2_DIRS[model].format(name=name)
+            first.append(Job(f"{step2}", (
+                ("faceturn", "train", "--config", cfg_rel, "--corpus", c, "--out", run_rel, "--resume"),
+                ("faceturn", "analyze", "--run", run_rel, "--corpus", c, "--out", step2, "--config",
+                 "configs/analyze.json"),
+            ), out_dir, (Path(f"{step2}/analysis.json"),), gpu=True))  # fmt: skip
         last.append(Job(f"step1/{name}", (
             ("faceturn", "probe", "--corpus", c, "--out", f"step1/{name}", "--config", "configs/probe.json"),
         ), out_dir, (Path(f"step1/{name}/probe.json"),)))  # fmt: skip
     plan_attribution(cfg, out_dir / "attribution", corpora)
     return first + plan_jobs(out_dir / "attribution") + last
+
+
+STEP2_DIRS = {"vanilla": "step2/{name}", "aux-lm": "step2/{name}/aux-lm"}  # where each model's analysis goes
+TALKERS = {"vanilla": (), "aux-lm": ("--gate",)}  # step 4's models and how they talk
+
+
+def step4_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> list[Job]:
+    """Step 4 as jobs: `faceturn talk` (the aux twin also gated) and `faceturn timing` per corpus and model."""
+    if not cfg.step4:
+        return []
+    talk = replace(cfg.talk, resamples=cfg.n_resamples, seed=cfg.seed)
+    timing = replace(cfg.timing, resamples=cfg.n_resamples, seed=cfg.seed, min_conversations=cfg.min_conversations)
+    save_json(talk, out_dir / "configs/talk.json")
+    save_json(timing, out_dir / "configs/timing.json")
+    jobs = []
+    for name, path in corpora.items():
+        c = str(Path(path).resolve())
+        for model, flags in TALKERS.items():
+            folder = f"step4/{name}/{model}"
+            jobs.append(Job(folder, (
+                ("faceturn", "talk", "--run", f"runs/{name}/{model}", "--corpus", c, "--split", cfg.split, "--out",
+                 f"{folder}/talk.npz", "--config", "configs/talk.json", "--no-progress", *flags),
+                ("faceturn", "timing", "--talk", f"{folder}/talk.npz", "--corpus", c, "--split", cfg.split, "--out",
+                 folder, "--config", "configs/timing.json"),
+            ), out_dir, (Path(f"{folder}/timing.json"),), after=(STEP2_DIRS[model].format(name=name),),
+                gpu=True))  # fmt: skip
+    return jobs
 
 
 def run_study(
@@ -204,7 +253,7 @@ def run_study(
     corpora = ensure_corpora(cfg, out_dir, progress=progress)
     _corpus_facts(cfg, out_dir, corpora)
     n_jobs = jobs or cfg.attribution.jobs
-    runs = study_jobs(cfg, out_dir, corpora) + step3_jobs(cfg, out_dir, corpora)
+    runs = study_jobs(cfg, out_dir, corpora) + step4_jobs(cfg, out_dir, corpora) + step3_jobs(cfg, out_dir, corpora)
     execute(runs, out_dir / "logs", n_jobs=n_jobs, slurm=slurm, name=f"faceturn-{cfg.name}", progress=progress,
             desc="study runs")  # fmt: skip
     if not (out_dir / "attribution" / "results.json").is_file():
@@ -252,7 +301,7 @@ def step3_jobs(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> lis
 
 
 # ------------------------------------------------------------------------------------------------------- results
-RESULTS_FORMAT = "faceturn-study-results/2"
+RESULTS_FORMAT = "faceturn-study-results/3"
 
 
 def _ci(value: float, ci: list[float] | None, source: str, block: dict[str, Any]) -> dict[str, Any]:
@@ -279,7 +328,33 @@ def _read_step1(out_dir: Path, name: str) -> dict[str, Any]:
     return block
 
 
-def _read_step2(out_dir: Path, name: str) -> dict[str, Any]:
+def _read_reader(reader: dict[str, Any], src: str) -> dict[str, Any]:
+    """The voice reader's scores as reported numbers (every result that uses the reader carries them)."""
+
+    def number(b: dict[str, Any]) -> dict[str, Any]:
+        return _ci(b["value"], b["ci"], src, b) if b.get("value") is not None else {"value": None, "note": b["note"]}
+
+    return {"accuracy": number(reader["accuracy"]), "auc": number(reader["auc"]),
+            "fit_split": reader["config"]["fit_split"], "split": reader["split"]}  # fmt: skip
+
+
+def _read_implicit(out_dir: Path, src: str) -> dict[str, Any]:
+    """Step 2's implicit yield signal of one model: AUC face, zeroed and Δ per floor holder, and the reader."""
+    imp = json.loads((out_dir / src).read_text())["implicit_yield"]
+    block: dict[str, Any] = {"reader": _read_reader(imp["reader"], src)}
+    if "note" in imp:
+        block["note"] = imp["note"]
+    for signal in ("audio", "text"):
+        for part, b in imp.get(signal, {}).items():
+            block.setdefault(signal, {})[part] = {"note": b["note"]} if "auc" not in b else {
+                "face": _ci(b["auc"]["face"], b["ci"]["face"], src, b),
+                "zeroed": _ci(b["auc"]["zeroed"], b["ci"]["zeroed"], src, b),
+                "delta": _ci(b["delta"], b["delta_ci"], src, b),
+            }  # fmt: skip
+    return block
+
+
+def _read_step2(out_dir: Path, name: str, step4: bool = False) -> dict[str, Any]:
     src = f"step2/{name}/analysis.json"
     res = json.loads((out_dir / src).read_text())
     block = {k: _ci(v["value"], v["ci"], src, v) for k, v in res["prediction_change"].items()}
@@ -292,6 +367,39 @@ def _read_step2(out_dir: Path, name: str) -> dict[str, Any]:
             _ci(g["value"], g["ci"], src, g) if g.get("value") is not None else {"value": None, "note": g["note"]}
         )
     block["n_scored_frames"] = res["n_scored_frames"]
+    models = ("vanilla", "aux-lm") if step4 else ("vanilla",)
+    block["implicit_yield"] = {m: _read_implicit(out_dir, f"{STEP2_DIRS[m].format(name=name)}/analysis.json")
+                               for m in models}  # fmt: skip
+    return block
+
+
+def _read_step4(out_dir: Path, name: str) -> dict[str, Any]:
+    """Step 4 of one corpus: per talking model and policy every timing metric (face, zeroed, Δ), the recording's
+    own human reference, the gate's thresholds and the voice reader."""
+    block: dict[str, Any] = {"models": {}}
+    for model in TALKERS:
+        src = f"step4/{name}/{model}/timing.json"
+        res = json.loads((out_dir / src).read_text())
+        block["reader"] = _read_reader(res["reader"], src)
+        block["corpus_reference"] = {
+            metric: _ci(b["value"]["corpus"], b["ci"]["corpus"], src, b)
+            for metric, b in res["corpus_reference"].items() if "value" in b and b["value"]["corpus"] is not None
+        }  # fmt: skip
+        policies = {}
+        for policy, p in res["policies"].items():
+            metrics = {}
+            for metric, b in p["metrics"].items():
+                if "value" not in b:
+                    metrics[metric] = {"note": b["note"]}
+                    continue
+                metrics[metric] = {
+                    c: (_ci(b["value"][c], b["ci"][c], src, b) if b["value"][c] is not None else
+                        {"value": None, "note": "undefined (no event to measure)"}) for c in ("face", "zeroed")
+                }  # fmt: skip
+                metrics[metric]["delta"] = (_ci(b["delta"], b["delta_ci"], src, b) if b.get("delta") is not None
+                                            else {"value": None, "note": "undefined"})  # fmt: skip
+            policies[policy] = {"metrics": metrics, "events": p["events"]}
+        block["models"][model] = {"gate": res["talk"]["gate"], "policies": policies, "source": src}
     return block
 
 
@@ -362,6 +470,36 @@ def _measured(group: dict[str, Any]) -> dict[str, Any]:
     return group["added_back"] if group["zeroed_by_default"] else group
 
 
+READER_MIN_ACCURACY = 0.95  # a synthetic corpus's codes determine its voice activity: the reader must read it
+
+
+def step4_checks(block: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """The step-2 implicit-signal and step-4 checks a synthetic corpus's truth implies, as (claim, expected, found,
+    ok); see docs/design.md, "Step 4: turn timing", for why these directions and no others."""
+    checks = []
+    s4 = block.get("step4")
+    if s4:
+        acc = s4["reader"]["accuracy"]
+        checks.append(("step 4: the voice reader reads the synthetic audio", f"frame accuracy ≥ {READER_MIN_ACCURACY} "
+                       "(the semantic codebook's silence vocabulary marks exactly the unvoiced frames)",
+                       format_estimate(acc), acc["value"] >= READER_MIN_ACCURACY))  # fmt: skip
+    for model, imp in block.get("step2", {}).get("implicit_yield", {}).items():
+        e = imp.get("audio", {}).get("self_holds", {}).get("face")
+        if e is not None:
+            checks.append((f"step 2: {model}'s implicit yield signal hears its own turn ends", "AUC of P(self silent "
+                           "next) where self holds the floor, CI above 0.5 (the audio turn-end cue is planted in "
+                           "self's speech)", format_estimate(e), e["ci"][0] > 0.5))  # fmt: skip
+    gated = (s4 or {}).get("models", {}).get("aux-lm", {}).get("policies", {}).get("moshi+gate")
+    if gated:
+        d = gated["metrics"]["takeover_margin"]["delta"]
+        found = format_estimate(d, signed=True) if d.get("value") is not None else "undefined"
+        checks.append(("step 4: with the gate, the face helps the aux model tell turn ends from pauses",
+                       "Δ take-over margin (shifts − pauses; face − zeroed) CI above zero (face cues precede "
+                       "hand-overs, so the gate's P(yield) separates them better with the face)", found,
+                       d.get("ci") is not None and d["ci"][0] > 0))  # fmt: skip
+    return checks
+
+
 def recovery_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     """For corpora with a planted truth (synthetic): does the study find what the generator put there? Each check
     states the claim, what was expected from truth.json, what the study found, and whether they agree."""
@@ -388,6 +526,8 @@ def recovery_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
         d = b["step3"]["all"]["delta"]
         add(c, "step 3: the aux model uses the face", "ΔAUC (face − zeroed) CI above zero",
             format_estimate(d, signed=True), d["ci"][0] > 0)  # fmt: skip
+        for check in step4_checks(b):
+            add(c, *check)
         if c not in att["corpora"]:
             continue
         found = att["corpora"][c]["groups"]
@@ -449,9 +589,11 @@ def _results(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> dict[
             "splits": f["splits"],
             "hours": f["statistics"].get("hours"),
             "step1": _read_step1(out_dir, name),
-            "step2": _read_step2(out_dir, name),
+            "step2": _read_step2(out_dir, name, cfg.step4),
             "step3": _read_step3(out_dir, name),
         }  # fmt: skip
+        if cfg.step4:
+            per_corpus[name]["step4"] = _read_step4(out_dir, name)
     results = {
         "format": RESULTS_FORMAT,
         "study": {k: v for k, v in study_identity(cfg).items() if k != "corpora"},
@@ -467,12 +609,15 @@ def _results(cfg: StudyConfig, out_dir: Path, corpora: dict[str, Path]) -> dict[
 
 
 def reseed(cfg: StudyConfig, seed: int) -> StudyConfig:
-    """The same study with every seed set from `seed`: synthetic corpora, the vanilla run, the bootstrap and label
-    controls get `seed`; the attribution's k training seeds become seed, seed + 1, ..., seed + k − 1."""
+    """The same study with every seed set from `seed`: synthetic corpora, the vanilla run (and its aux twin), the
+    bootstrap and label controls get `seed`; the attribution's k training seeds and step 4's k sampling seeds become
+    seed, seed + 1, ..., seed + k − 1."""
     corpora = tuple(replace(c, synth=replace(c.synth, seed=seed)) if c.synth else c for c in cfg.corpora)
     vanilla = replace(cfg.vanilla, seed=seed, data=replace(cfg.vanilla.data, seed=seed))
     seeds = tuple(seed + i for i in range(len(cfg.attribution.seeds)))
-    return replace(cfg, corpora=corpora, seed=seed, vanilla=vanilla, attribution=replace(cfg.attribution, seeds=seeds))
+    talk = replace(cfg.talk, seeds=tuple(seed + i for i in range(len(cfg.talk.seeds))))
+    return replace(cfg, corpora=corpora, seed=seed, vanilla=vanilla, attribution=replace(cfg.attribution, seeds=seeds),
+                   talk=talk)  # fmt: skip
 
 
 def run_and_summarize(

@@ -190,14 +190,14 @@ def _array_edits(workdir, valid, data) -> None:
 
 
 def _edits_with_a_recomputed_checksum(workdir, valid, data) -> None:
-    from faceturn.eval.predict import _checksum
+    from faceturn.eval.predict import array_checksum
 
     _, arrays, meta = valid
     if data.draw(st.booleans(), label="edit the header"):
         meta = _meta_edit(meta, data)
     else:
         arrays = _array_edit(arrays, data)
-    meta = {**meta, "checksum": _checksum(meta, arrays)}
+    meta = {**meta, "checksum": array_checksum(meta, arrays)}
     _usable_or_refused(workdir, _pack(arrays, json.dumps(meta).encode()))
 
 

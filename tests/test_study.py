@@ -50,6 +50,14 @@ audio_only = false
 posthoc_norms = ["standardize"]
 retrain_check_groups = []
 jobs = 2
+
+[talk]
+seeds = [0]
+greedy = false
+max_seconds = 10.0
+
+[analyze]
+max_windows = 32
 """
 SYNTH = ["conversations_per_group=2", "floor.duration_min_s=40.0", "floor.duration_max_s=50.0"]
 TRAIN = """eval_every_steps = 0
@@ -112,6 +120,12 @@ def test_results_trace_every_number_to_a_file(study):
         pred = json.loads((out / s3["face"]["source"]).read_text())["frames"]["all"]
         assert s3["delta"]["value"] == pred["delta"]  # the same number as the step's own file
         assert (out / b["step3"]["prediction_file"]).is_file()
+        assert set(b["step2"]["implicit_yield"]) == {"vanilla", "aux-lm"}  # step 2's implicit signal of both talkers
+        s4 = b["step4"]
+        assert set(s4["models"]) == {"vanilla", "aux-lm"} and set(s4["models"]["aux-lm"]["policies"]) == {
+            "moshi", "moshi+gate"} and s4["models"]["vanilla"]["gate"] is None  # fmt: skip
+        assert s4["reader"]["accuracy"]["value"] >= 0.95 and (out / s4["reader"]["accuracy"]["source"]).is_file()
+        assert "pause_takeover_rate" in s4["models"]["vanilla"]["policies"]["moshi"]["metrics"]
         att = res["attribution"]["corpora"][c]
         assert set(att["groups"]) == {"head_trans"}
         assert att["posthoc"]["standardize"]["valid"] is False
@@ -127,7 +141,7 @@ def test_report_says_what_is_synthetic_and_labels_post_hoc_invalid(study):
     res = json.loads((out / "results.json").read_text())
     d = res["corpora"]["tight"]["step3"]["all"]["delta"]
     assert f"{d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" in md  # the headline shows results.json
-    for stem in ("probe", "auc", "roc", "attribution", "timeline-tight", "timeline-wide"):
+    for stem in ("probe", "auc", "roc", "attribution", "takeover", "timeline-tight", "timeline-wide"):
         assert (out / "figures" / f"{stem}.png").stat().st_size > 1000 and (out / "figures" / f"{stem}.svg").is_file()
     media = sorted(p.name for p in (out / "media").iterdir())
     assert len(media) == 4 and {Path(m).suffix for m in media} == {".html", ".mp4"}
@@ -139,7 +153,7 @@ def test_report_opens_in_chromium_with_every_figure(study, chromium, tmp_path):
     assert 'src="data:image/png;base64,' in html and "<img" in html
     page = open_file(chromium, out / "report.html")
     n_figures = html.count("<figure")
-    assert n_figures == 6
+    assert n_figures == 7
     page.wait_for_function(f"[...document.images].filter(i => i.complete && i.naturalWidth > 0).length == {n_figures}")
     sizes = page.evaluate("[...document.images].map(i => [i.naturalWidth, i.getBoundingClientRect().width])")
     assert all(w > 300 and shown > 300 for w, shown in sizes), sizes
@@ -176,6 +190,10 @@ def test_bad_study_configs_are_named(tmp_path, capsys):
     bad.write_text('[[corpora]]\nname = "a"\npath = "nowhere"\n')
     assert main(["study", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "is not a corpus folder" in capsys.readouterr().err
+    bad.write_text('[[corpora]]\nname = "a"\npath = "nowhere"\n[vanilla]\ninherit = "vanilla"\n'
+                   "loss = { audio_weight = 0 }\n")  # fmt: skip
+    assert main(["study", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "vanilla.loss.audio_weight is 0, but step 4 lets the vanilla model talk" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------- recovery, by hand-made data

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="P(yield) that raises an alert (default: 0.5)")
     parser.add_argument("--hysteresis", type=float, default=0.1,
                         help="P must fall below threshold − this before the next alert (default: 0.1)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="torch CPU threads (default: all cores but one, for the face landmarker)")  # fmt: skip
     add_device(parser)
     add_set(parser, help="override a listener setting, e.g. video_wait_s=0.2 (repeatable)")
 

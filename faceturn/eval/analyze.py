@@ -13,11 +13,18 @@ Three measurements on the same fixed windows, each with a conversation-clustered
    audio/text readout W (the depth transformer's input projections and the text head): ‖W·Δh‖/‖Δh‖, relative to the
    same ratio for random directions. A ratio ≪ 1 means the face moves the hidden state in directions the readout
    barely sees — the "orthogonal subspace" finding of the study.
+4. **The implicit yield signal.** The LM's own probability that self is silent at the next frame (its semantic
+   distribution summed over the voice reader's silence classes; P(PAD) of its text head when the corpus has text,
+   Moshi's only turn signal) used as a turn score: its AUC against the turn-yield target, face vs zeroed, paired. Where
+   self holds the floor a hand-over means self falls silent, so P(silent next) is the score; where the interlocutor
+   holds it, self starts talking, so the score is P(talking next) = 1 − P(silent next). This asks "does next-token
+   prediction ignore the face?" in terms of behaviour, not NLL. A model trained without the audio loss has no
+   trained semantic head, and gets a note instead. The voice reader's accuracy and AUC are reported beside it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,7 @@ from sklearn.preprocessing import StandardScaler
 
 from faceturn.checkpoint import load_model, resolve_checkpoint
 from faceturn.data import WindowDataset, validation_batches, validation_windows
+from faceturn.eval.voice import VoiceConfig, fit_reader, p_silent_next, reader_sentence, score_reader
 from faceturn.results import Estimate, format_estimate, warning_lines
 from faceturn.stats import (
     MIN_CONVERSATIONS,
@@ -51,6 +59,7 @@ class AnalyzeConfig:
     seed: int = 0
     batch_size: int = 16
     min_conversations: int = MIN_CONVERSATIONS  # CIs from fewer conversations carry a warning
+    voice: VoiceConfig = field(default_factory=VoiceConfig)  # the reader behind the implicit yield signal
 
 
 def _readouts(model) -> dict[str, torch.Tensor]:
@@ -60,7 +69,9 @@ def _readouts(model) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _collect(model, dataset, windows, batch_size: int, readouts: dict, rng: np.random.Generator):
+def _collect(model, dataset, windows, batch_size: int, readouts: dict, rng: np.random.Generator, implicit=None):
+    """Per-frame measurements over fixed windows; `implicit` = (silence tokens, text PAD id or None) adds the LM's
+    P(self silent next) with the face and zeroed."""
     cols: dict[str, list[np.ndarray]] = {}
 
     def add(key, value):
@@ -99,6 +110,13 @@ def _collect(model, dataset, windows, batch_size: int, readouts: dict, rng: np.r
         add("h_zeroed", h_z.numpy().astype(np.float32))
         add("y", batch.y.numpy()[sm].astype(np.uint8))
         add("h_conv", conv[sm])
+        if implicit is not None:
+            add("holder", batch.holder.numpy()[sm])
+            for cond, h in (("face", h_f), ("zeroed", h_z)):
+                p = p_silent_next(model, h, *implicit)
+                add(f"silent_audio_{cond}", p["audio"])
+                if p["text"] is not None:
+                    add(f"silent_text_{cond}", p["text"])
         dh = h_f - h_z
         r = torch.from_numpy(rng.standard_normal(dh.shape).astype(np.float32))
         add("norm_face", dh.norm(dim=-1).numpy())
@@ -124,11 +142,15 @@ def analyze(
     model, train_cfg = load_model(ckpt)
     readouts = _readouts(model)
     rng = np.random.default_rng(config.seed)
+    reader = fit_reader(corpus, config.voice, train_cfg.labels.voiced_min_fraction)
+    implicit = (reader.silence_tokens, train_cfg.loss.text_pad_id if reader.has_text else None)
     data = {}
     for role, split in (("eval", config.split), ("probe_train", config.probe_train_split)):
         ds = WindowDataset(corpus, split, train_cfg.data.window_frames, event_config=train_cfg.labels)
         windows = validation_windows(ds, config.max_windows)
-        data[role] = _collect(model, ds, windows, config.batch_size, readouts, rng)
+        data[role] = _collect(
+            model, ds, windows, config.batch_size, readouts, rng, implicit if role == "eval" else None
+        )
     ev = data["eval"]
     boot = {"n_resamples": config.resamples, "seed": config.seed}
 
@@ -164,6 +186,15 @@ def analyze(
         gain_rand = ev[f"gain_{name}_random"][moved] / ev["norm_random"][moved]
         readout_gain[name] = cluster_bootstrap_ratio(gain_face, gain_rand, ev["h_conv"][moved], **boot)
         readout_gain[name].update({"gain_face": float(gain_face.mean()), "gain_random": float(gain_rand.mean())})
+    implicit_yield: dict[str, Any] = {
+        "reader": score_reader(reader, corpus, config.split, n_resamples=config.resamples, seed=config.seed)
+    }
+    if train_cfg.loss.audio_weight == 0:
+        implicit_yield["note"] = "trained with loss.audio_weight = 0: no trained semantic head to read"
+    else:
+        for signal in ("audio", "text"):
+            if f"silent_{signal}_face" in ev:
+                implicit_yield[signal] = _implicit_aucs(ev, signal, config)
     res = {
         "checkpoint": str(ckpt.resolve()),
         "corpus": str(Path(corpus).resolve()),
@@ -174,9 +205,36 @@ def analyze(
         "prediction_change": prediction_change,
         "hidden_probe": probe.to_dict(),
         "readout_gain_ratio": readout_gain,
+        "implicit_yield": implicit_yield,
     }
     res["warnings"] = flag_few_conversations(res, config.min_conversations)
     return res
+
+
+IMPLICIT_SCORES = {  # the score each implicit-yield AUC ranks frames by
+    "audio": {"all": "P(self silent next)", "self_holds": "P(self silent next)",
+              "interlocutor_holds": "P(self talking next)"},
+    "text": {"all": "P(PAD next)", "self_holds": "P(PAD next)", "interlocutor_holds": "1 − P(PAD next)"},
+}  # fmt: skip
+
+
+def _implicit_aucs(ev: dict[str, np.ndarray], signal: str, config: AnalyzeConfig) -> dict[str, Any]:
+    """AUC of P(self silent next) (self holds the floor) or P(self talking next) (the interlocutor holds it) against
+    y, face vs zeroed, paired; "all" scores every frame with P(silent next)."""
+    out = {}
+    for part, sel, flip in (("all", np.ones(ev["y"].size, bool), False), ("self_holds", ev["holder"] == 1, False),
+                            ("interlocutor_holds", ev["holder"] == 0, True)):  # fmt: skip
+        y = ev["y"][sel]
+        if y.size == 0 or y.min() == y.max() or np.unique(ev["h_conv"][sel]).size < 2:
+            out[part] = {"note": "no frames of both classes from two conversations", "n_frames": int(y.size)}
+            continue
+        scores = {c: ev[f"silent_{signal}_{c}"][sel] for c in ("face", "zeroed")}
+        if flip:
+            scores = {c: 1.0 - v for c, v in scores.items()}
+        out[part] = paired_cluster_bootstrap(
+            y, scores, ev["h_conv"][sel], n_resamples=config.resamples, seed=config.seed
+        ).to_dict()
+    return out
 
 
 def format_analysis(res: dict[str, Any]) -> str:
@@ -200,4 +258,17 @@ def format_analysis(res: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} readout-gain ratio (face Δh vs random directions) | {cell(g['value'], g['ci'], g, 3)} |"
             )
+    imp = res.get("implicit_yield", {})
+    for signal in ("audio", "text"):
+        for part, b in imp.get(signal, {}).items():
+            if "auc" not in b:
+                continue
+            label = f"implicit yield signal ({IMPLICIT_SCORES[signal][part]}), {part.replace('_', ' ')}: AUC"
+            lines.append(f"| {label} face | {cell(b['auc']['face'], b['ci']['face'], b, 3)} |")
+            lines.append(f"| {label} zeroed | {cell(b['auc']['zeroed'], b['ci']['zeroed'], b, 3)} |")
+            lines.append(f"| {label} Δ (face − zeroed) | {cell(b['delta'], b['delta_ci'], b, 3, True)} |")
+    if "note" in imp:
+        lines.append(f"| implicit yield signal | n/a: {imp['note']} |")
+    if "reader" in imp:
+        lines += ["", reader_sentence(imp["reader"])]
     return "\n".join(lines + warning_lines(res.get("warnings", [])))

@@ -78,7 +78,7 @@ class Predictions:
         meta = json.loads(json.dumps({k: v for k, v in self.meta.items() if k != CHECKSUM_KEY}))  # as read back
         if "corpus_fingerprint" not in meta and isinstance(meta.get("corpus"), str):
             meta["corpus_fingerprint"] = fingerprint(meta["corpus"])
-        meta[CHECKSUM_KEY] = _checksum(meta, arrays)
+        meta[CHECKSUM_KEY] = array_checksum(meta, arrays)
         arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
@@ -88,14 +88,14 @@ class Predictions:
     def load(cls, path: str | Path) -> Predictions:
         """Read a prediction file; anything but an intact file of this format is a FaceturnError naming the file."""
         path = Path(path)
-        data = _read_npz(path)
+        data = read_npz(path)
         if "meta" not in data:
             raise FaceturnError(f"{path}: not a faceturn prediction file (an .npz without its header, `meta`)")
         meta = _read_meta(path, data.pop("meta"))
         _check_arrays(path, data, meta)
         if meta.get("zeroed", True) != ("p_zeroed" in data):
             raise FaceturnError(f"{path}: the header and the arrays disagree on whether p_zeroed was written")
-        if _checksum(meta, data) != meta[CHECKSUM_KEY]:
+        if array_checksum(meta, data) != meta[CHECKSUM_KEY]:
             raise FaceturnError(
                 f"{path}: damaged prediction file: its checksum does not match the header and arrays (changed or "
                 "corrupted since `faceturn predict` wrote it); re-run `faceturn predict`"
@@ -116,31 +116,7 @@ class Predictions:
         """The corpus folder these predictions pair with, `corpus` or (None) the one the header names, after checking
         that it is the corpus they were made from: its manifest fingerprint must be the recorded one (the folder may
         have moved). Another corpus, or the same folder changed since, is refused naming both."""
-        made_from = self.meta.get("corpus")
-        recorded = self.meta.get("corpus_fingerprint")
-        if not isinstance(made_from, str) or not isinstance(recorded, str):
-            raise FaceturnError(
-                f"{self.label}: the header records no corpus fingerprint (written by an older faceturn); "
-                "re-run `faceturn predict`"
-            )
-        if corpus is None and not Path(made_from).is_dir():
-            raise FaceturnError(
-                f"{self.label}: made from corpus {made_from}, which is not there any more; pass --corpus with the "
-                "folder's new place"
-            )
-        root = Path(made_from if corpus is None else corpus)
-        now = fingerprint(root)
-        if now != recorded:
-            if root.resolve() == Path(made_from).resolve():
-                raise FaceturnError(
-                    f"{self.label}: the corpus {root} changed since these predictions were made from it (manifest "
-                    f"{_short(recorded)} then, {_short(now)} now); re-run `faceturn predict`"
-                )
-            raise FaceturnError(
-                f"{self.label}: predictions made from corpus {made_from} (manifest {_short(recorded)}), not from "
-                f"{root} (manifest {_short(now)}): a different corpus"
-            )
-        return root
+        return made_from_corpus(self.meta, self.label, corpus)
 
     def require_zeroed(self, what: str) -> np.ndarray:
         """P(yield) with the face zeroed, or a clear error for a file written without it."""
@@ -169,7 +145,45 @@ def _short(fp: str) -> str:
     return fp[:19] + "…" if len(fp) > 20 else fp
 
 
-def _checksum(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
+def made_from_corpus(
+    meta: Mapping[str, Any],
+    label: str,
+    corpus: str | Path | None = None,
+    command: str = "faceturn predict",
+    noun: str = "predictions",
+) -> Path:
+    """The corpus folder a file made by `command` pairs with (its header's `corpus` and `corpus_fingerprint`):
+    `corpus`, or (None) the folder the header names, once its manifest fingerprint is the recorded one. Another
+    corpus, or the same folder changed since, is refused naming both (`label` names the file, `noun` what it holds:
+    "predictions", "talk")."""
+    made_from = meta.get("corpus")
+    recorded = meta.get("corpus_fingerprint")
+    if not isinstance(made_from, str) or not isinstance(recorded, str):
+        raise FaceturnError(
+            f"{label}: the header records no corpus fingerprint (written by an older faceturn); re-run `{command}`"
+        )
+    if corpus is None and not Path(made_from).is_dir():
+        raise FaceturnError(
+            f"{label}: made from corpus {made_from}, which is not there any more; pass --corpus with the folder's "
+            "new place"
+        )
+    root = Path(made_from if corpus is None else corpus)
+    now = fingerprint(root)
+    these = f"these {noun} were" if noun.endswith("s") else f"this {noun} was"
+    if now != recorded:
+        if root.resolve() == Path(made_from).resolve():
+            raise FaceturnError(
+                f"{label}: the corpus {root} changed since {these} made from it (manifest {_short(recorded)} then, "
+                f"{_short(now)} now); re-run `{command}`"
+            )
+        raise FaceturnError(
+            f"{label}: {noun} made from corpus {made_from} (manifest {_short(recorded)}), not from {root} (manifest "
+            f"{_short(now)}): a different corpus"
+        )
+    return root
+
+
+def array_checksum(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
     """The sha256 ("sha256:<hex>") of the header (canonical JSON, without the checksum) and of every array's name,
     dtype, shape and bytes, in name order."""
     h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != CHECKSUM_KEY}, sort_keys=True).encode())
@@ -180,13 +194,14 @@ def _checksum(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an .npz, after making sure it is one: any other file is named for what it is."""
-    kind = file_kind(path)  # OSError (missing, a folder, unreadable) goes to the CLI, which names the path
-    expected = "expected the .npz that `faceturn predict` writes"
-    if kind != PREDICTION_FILE and not kind.startswith(("damaged zip", "NumPy archive", "zip archive")):
-        what = "its content is not an .npz archive" if kind == "file" else f"it is a {kind}"
-        raise FaceturnError(f"{path}: not a readable prediction file: {what} ({expected})")
+def read_npz(path: Path, kind: str = PREDICTION_FILE, command: str = "faceturn predict") -> dict[str, np.ndarray]:
+    """The arrays of an .npz of `kind` that `command` writes, after making sure it is one: any other file is named
+    for what it is; pickled objects are never read."""
+    found = file_kind(path)  # OSError (missing, a folder, unreadable) goes to the CLI, which names the path
+    expected = f"expected the .npz that `{command}` writes"
+    if found != kind and not found.startswith(("damaged zip", "NumPy archive", "zip archive")):
+        what = "its content is not an .npz archive" if found == "file" else f"it is a {found}"
+        raise FaceturnError(f"{path}: not a readable {kind}: {what} ({expected})")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -195,11 +210,11 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     except _READ_ERRORS as e:
         if "allow_pickle" in str(e):
             raise FaceturnError(
-                f"{path}: not a readable prediction file: it holds pickled Python objects, which faceturn never "
-                f"reads ({expected})"
+                f"{path}: not a readable {kind}: it holds pickled Python objects, which faceturn never reads "
+                f"({expected})"
             ) from None
         why = " ".join(str(e).split())[:300]
-        raise FaceturnError(f"{path}: not a readable prediction file: damaged ({type(e).__name__}: {why})") from None
+        raise FaceturnError(f"{path}: not a readable {kind}: damaged ({type(e).__name__}: {why})") from None
 
 
 def _read_meta(path: Path, raw: np.ndarray) -> dict[str, Any]:

@@ -521,3 +521,54 @@ def roc_figure(predictions: Mapping[str, Any], out_stem: str | Path, *, title: s
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title or "per-frame turn-yield ROC", fontsize=9)
     return save_figure(fig, out_stem)
+
+
+def takeover_figure(
+    series: Mapping[str, Sequence[Mapping[str, Any]]], out_stem: str | Path, *, title: str | None = None
+) -> tuple[Path, Path]:
+    """Step 4: the take-over rate at the interlocutor's pauses and at its turn ends, one panel per corpus, one point
+    with its CI per talker (a model, face or zeroed, gated or not, and the recording's humans).
+
+    `series`: corpus → rows {"name": str, "pause": interval or None, "shift": interval or None}, an interval being
+    {"value", "lo", "hi"} as in an interval series (None: undefined, e.g. no eligible event; not drawn); a name ending
+    in "zeroed" is drawn hollow. A corpus without any defined rate gets an empty panel saying so."""
+    if not isinstance(series, Mapping) or not series:
+        raise ValueError("take-over chart: expected a non-empty mapping corpus -> rows")
+    checked = {}
+    for corpus, rows in series.items():
+        flat = [{"name": f"{r['name']} @ {k}", **r[k]} for r in rows for k in ("pause", "shift") if r.get(k)]
+        checked[corpus] = check_series({corpus: flat}, "take-over chart")[corpus] if flat else []
+    fig = _new_figure(2.5 + 3.6 * len(checked), 4.2)
+    axes = fig.subplots(1, len(checked), squeeze=False)[0]
+    for ax, (corpus, rows) in zip(axes, checked.items(), strict=True):
+        names = list(dict.fromkeys(r["name"].rsplit(" @ ", 1)[0] for r in rows))
+        models = list(dict.fromkeys(n.rsplit(",", 1)[0] for n in names))
+        width = 0.8 / max(1, len(names))
+        for j, name in enumerate(names):
+            color = SERIES_COLORS[models.index(name.rsplit(",", 1)[0]) % len(SERIES_COLORS)]
+            hollow = name.endswith("zeroed")
+            for x, kind in enumerate(("pause", "shift")):
+                r = next((r for r in rows if r["name"] == f"{name} @ {kind}"), None)
+                if r is None:
+                    continue
+                lo = 0.0 if r["lo"] is None else max(0.0, r["value"] - r["lo"])
+                hi = 0.0 if r["hi"] is None else max(0.0, r["hi"] - r["value"])
+                x_shift = x + (j - (len(names) - 1) / 2) * width
+                ax.errorbar([x_shift], [r["value"]], yerr=[[lo], [hi]], fmt="o", color=color,
+                            mfc="white" if hollow else color, capsize=3, ms=5, lw=1.2, label=name)  # fmt: skip
+        if not rows:
+            ax.text(0.5, 0.5, "no eligible pause or turn end", ha="center", va="center", fontsize=8,
+                    transform=ax.transAxes)  # fmt: skip
+        ax.set_xticks([0, 1], ["at pauses (holds)\nlower is better", "at turn ends (shifts)"], fontsize=8)
+        ax.set_xlim(-0.6, 1.6)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylabel("take-over rate (95% CI)", fontsize=8)
+        ax.set_title(corpus, fontsize=9)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles, strict=True))
+        if unique:
+            ax.legend(unique.values(), unique.keys(), fontsize=6, loc="upper left")
+    fig.suptitle(title or "does seeing the face change when the model takes the floor? (filled: face; hollow: zeroed)",
+                 fontsize=9)  # fmt: skip
+    return save_figure(fig, out_stem)
