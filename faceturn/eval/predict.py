@@ -105,12 +105,7 @@ class Predictions:
     @staticmethod
     def peek_meta(path: str | Path) -> dict[str, Any] | None:
         """The header of a prediction file without reading or checking its arrays, or None when it has none."""
-        try:
-            with np.load(Path(path), allow_pickle=False) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
-        except Exception:  # anything unreadable simply has no header to show
-            return None
-        return meta if isinstance(meta, dict) else None
+        return peek_npz_meta(path)
 
     def corpus_root(self, corpus: str | Path | None = None) -> Path:
         """The corpus folder these predictions pair with, `corpus` or (None) the one the header names, after checking
@@ -181,6 +176,17 @@ def made_from_corpus(
             f"{_short(now)}): a different corpus"
         )
     return root
+
+
+def peek_npz_meta(path: str | Path) -> dict[str, Any] | None:
+    """The JSON header (`meta`) of a faceturn .npz file (predictions, talk) without reading or checking its arrays, or
+    None when it has none."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+    except Exception:  # anything unreadable simply has no header to show
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def array_checksum(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from faceturn.checkpoint import CONFIG_FILE, load_model, read_json, resolve_checkpoint
 from faceturn.config import to_dict
 from faceturn.errors import ConfigError, CorpusError, FaceturnError
-from faceturn.eval.predict import CHECKSUM_KEY, array_checksum, made_from_corpus, predict, read_npz
+from faceturn.eval.predict import CHECKSUM_KEY, array_checksum, made_from_corpus, peek_npz_meta, predict, read_npz
 from faceturn.eval.voice import VoiceConfig, fit_reader, score_reader
 from faceturn.io import TALK_FILE, atomic_write_bytes
 from faceturn.labels import TurnLabels, turn_labels
@@ -137,12 +137,7 @@ class Talk:
     @staticmethod
     def peek_meta(path: str | Path) -> dict[str, Any] | None:
         """The header of a talk file without checking its arrays, or None when it has none."""
-        try:
-            with np.load(Path(path), allow_pickle=False) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
-        except Exception:  # anything unreadable simply has no header to show
-            return None
-        return meta if isinstance(meta, dict) else None
+        return peek_npz_meta(path)
 
     def check_source(self, corpus: str | Path | None = None, split: str | None = None) -> None:
         """Refuse a talk file made from another corpus than `corpus` (by content: the same corpus moved is fine) or

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from faceturn.errors import SchemaError
 from faceturn.prep import BadInput
-from faceturn.prep.audio_tokens import MIMI_RATE_HZ, mimi_frames
+from faceturn.prep.audio_tokens import MIMI_RATE_HZ
 from faceturn.prep.face import FaceTrack, live_link_on_grid
-from faceturn.prep.media import read_audio, resample
-from faceturn.prep.pipeline import Job, Tools, Track, assemble, write_stereo_wav
+from faceturn.prep.pipeline import Job, Tools, Track, assemble, read_tracks_24k, write_stereo_wav
 from faceturn.prep.vad import silero_intervals
 from faceturn.store import ManifestEntry
 from faceturn.timebase import voiced_fraction
@@ -36,22 +35,16 @@ class LiveLinkJob(Job):
 
     def build(self, tools: Tools, out_root: Path):
         folder = Path(self.folder)
-        waves = []
-        for p in self.participants:
-            wave, rate_hz = read_audio(folder / f"{p}.wav")
-            waves.append(resample(wave, rate_hz, MIMI_RATE_HZ))
-        n = min(len(w) for w in waves)
-        n_frames = mimi_frames(n)
+        waves, n_frames = read_tracks_24k(folder, self.participants)
         tracks = []
         for p, wave in zip(self.participants, waves, strict=True):
             try:
                 face, present = live_link_on_grid(folder / f"{p}.csv", n_frames, self.settings.timecode_fps)
             except (SchemaError, OSError, StopIteration) as e:
                 raise BadInput(f"{folder / f'{p}.csv'}: unusable Live Link Face take ({e})") from None
-            va = voiced_fraction(silero_intervals(wave[:n], MIMI_RATE_HZ, tools.settings.silero), n_frames)
-            tracks.append(Track(p, wave[:n], va, [], FaceTrack(face, present, {"take": f"{p}.csv"})))
+            va = voiced_fraction(silero_intervals(wave, MIMI_RATE_HZ, tools.settings.silero), n_frames)
+            tracks.append(Track(p, wave, va, [], FaceTrack(face, present, {"take": f"{p}.csv"})))
         conv = assemble(self.id, tracks, tools, {"source": "live_link_face", "va_source": ["silero", "silero"]})
-        waves = [t.wave_24k for t in tracks]
         audio = write_stereo_wav(out_root, self.id, waves) if tools.settings.write_audio else None
         entry = ManifestEntry(
             id=self.id,

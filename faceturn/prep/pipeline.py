@@ -34,6 +34,7 @@ from faceturn.io import atomic_write_bytes, atomic_write_json
 from faceturn.prep import BadInput
 from faceturn.prep.audio_tokens import MIMI_RATE_HZ, MimiEncoder, MimiSettings, mimi_frames
 from faceturn.prep.face import FaceSettings, FaceTrack, resolve_face_model
+from faceturn.prep.media import read_audio, resample
 from faceturn.prep.text import TextSettings, TextTokenizer, Word
 from faceturn.prep.vad import SileroSettings
 from faceturn.store import DEFAULT_SPLITS, Conversation, Corpus, CorpusWriter
@@ -123,6 +124,16 @@ def assemble(conv_id: str, tracks: list[Track], tools: Tools, meta: dict) -> Con
         face_present=np.stack([t.face.present for t in tracks]).astype(np.uint8),
         meta=meta,
     )
+
+
+def read_tracks_24k(folder: Path, participants: list[str]) -> tuple[list[np.ndarray], int]:
+    """`<folder>/<name>.wav` of each participant at 24 kHz, all cut to the shortest; and their length in frames."""
+    waves = []
+    for p in participants:
+        wave, rate_hz = read_audio(folder / f"{p}.wav")
+        waves.append(resample(wave, rate_hz, MIMI_RATE_HZ))
+    n = min(len(w) for w in waves)
+    return [w[:n] for w in waves], mimi_frames(n)
 
 
 def write_stereo_wav(root: Path, conv_id: str, waves_24k: list[np.ndarray]) -> str:

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from faceturn.prep import BadInput
-from faceturn.prep.audio_tokens import MIMI_RATE_HZ, mimi_frames
+from faceturn.prep.audio_tokens import MIMI_RATE_HZ
 from faceturn.prep.face import FaceTrack, extract_face_track
-from faceturn.prep.media import read_audio, resample
-from faceturn.prep.pipeline import Job, Tools, Track, assemble, write_stereo_wav
+from faceturn.prep.pipeline import Job, Tools, Track, assemble, read_tracks_24k, write_stereo_wav
 from faceturn.prep.vad import silero_intervals
 from faceturn.schema import N_FACE
 from faceturn.store import ManifestEntry
@@ -41,12 +40,7 @@ class RecordingJob(Job):
 
     def build(self, tools: Tools, out_root: Path):
         folder = Path(self.folder)
-        waves = []
-        for p in self.participants:
-            wave, rate_hz = read_audio(folder / f"{p}.wav")
-            waves.append(resample(wave, rate_hz, MIMI_RATE_HZ))
-        n = min(len(w) for w in waves)
-        n_frames = mimi_frames(n)
+        waves, n_frames = read_tracks_24k(folder, self.participants)
         tracks = []
         for p, wave in zip(self.participants, waves, strict=True):
             if p in self.videos:
@@ -56,10 +50,9 @@ class RecordingJob(Job):
                 face.info["video"] = f"{folder.name}/{self.videos[p]}"  # `view --media` finds it under the root
             else:
                 face = FaceTrack(np.zeros((n_frames, N_FACE), np.float32), np.zeros(n_frames, np.uint8), {})
-            va = voiced_fraction(silero_intervals(wave[:n], MIMI_RATE_HZ, tools.settings.silero), n_frames)
-            tracks.append(Track(p, wave[:n], va, [], face))
+            va = voiced_fraction(silero_intervals(wave, MIMI_RATE_HZ, tools.settings.silero), n_frames)
+            tracks.append(Track(p, wave, va, [], face))
         conv = assemble(self.id, tracks, tools, {"source": "recording", "va_source": ["silero", "silero"]})
-        waves = [t.wave_24k for t in tracks]
         audio = write_stereo_wav(out_root, self.id, waves) if tools.settings.write_audio else None
         entry = ManifestEntry(
             id=self.id,
