@@ -458,6 +458,13 @@ class WindowLoader:
         while True:
             yield self.next_batches()
 
+    def close(self) -> None:
+        """Stop the workers now. Left to the garbage collector, forked workers outlive the run holding copies of every
+        file and pipe the process had open (a browser's, a server's), and whoever waits for those to close hangs."""
+        if self._ahead is not None:
+            self._ahead.close()
+        self._ahead = None
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "next_step": self.next_step,
@@ -480,9 +487,7 @@ class WindowLoader:
         if not isinstance(step, int) or step < 0:
             raise CheckpointError(f"data loader state: next_step must be an integer >= 0, got {step!r}")
         self.next_step = step
-        if self._ahead is not None:
-            self._ahead.close()  # workers restart from the new step
-        self._ahead = None
+        self.close()  # workers restart from the new step
 
 
 class _Workers:

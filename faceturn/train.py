@@ -335,6 +335,7 @@ class _Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.loader.close()
         if self.bar is not None:
             self.bar.close()
         self.writer.close()
