@@ -17,7 +17,8 @@ per second of conversation (the process CPU time of the measured decisions, per 
 second). faceturn decides 12.5 times a second. Smart Turn decides once per pause of the user's speech; the rate is
 `--pauses-per-min` or, with `--corpus`, counted in a corpus (per participant, the silences of at least
 `--pause-s` after speech, per second of conversation). No accuracy is compared: Smart Turn reads audio only and was
-trained on real speech; on synthetic speech its output means nothing (docs/results.md).
+trained on real speech; on synthetic speech its output means nothing (docs/results.md). Needs `pipecat-ai` (its
+wheel holds the model) and the `onnx` extra.
 """
 
 from __future__ import annotations
