@@ -14,15 +14,17 @@ frame counters, input checks; `OnnxYieldStream` binds each output cache to its i
 then writes the one new slot in place instead of copying the cache), so a frame costs what its attention reads.
 
 An export folder (default RUN/export) holds `step.onnx` (fp32), `step.int8.onnx` with `--quantize int8`
-(onnxruntime's dynamic quantization: int8 weights of the matrix products and embedding tables, activations quantized
-per call), and `export.json`: the checkpoint it was made from (path, step, sha256 of its weights), the model config,
-the opset, each file's sha256, and the check figures (the largest |ΔP(yield)| against `TurnYieldStream` over random
-frames past the context; the fp32 graph must agree within `CHECK_TOLERANCE` or the export is refused).
+(onnxruntime's dynamic quantization: int8 weights of the matrix products, activations quantized per call; the
+embedding tables and the attention over the caches stay fp32), and `export.json`: the checkpoint it was made from
+(path, step, sha256 of its weights), the model config, the opset, each file's sha256, and the check figures (the
+largest |ΔP(yield)| against `TurnYieldStream` over random frames past the context; the fp32 graph must agree within
+`CHECK_TOLERANCE` or the export is refused).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import logging
@@ -64,16 +66,17 @@ class ExportError(FaceturnError):
     """A run that cannot be exported, or an export that cannot be used here; the message names it and why."""
 
 
-def require_onnx(what: str) -> Any:
+def require_onnx(exporting: bool) -> Any:
     """onnxruntime (and, to export, onnx and onnxscript), or an ExportError saying which extra to install."""
     missing = []
-    for name in ("onnxruntime", "onnx", "onnxscript") if what == "export" else ("onnxruntime",):
+    for name in ("onnxruntime", "onnx", "onnxscript") if exporting else ("onnxruntime",):
         try:
-            __import__(name)
+            importlib.import_module(name)
         except ImportError:
             missing.append(name)
     if missing:
-        raise ExportError(f"{what} with ONNX needs {', '.join(missing)}: {ONNX_EXTRA}")
+        what = "faceturn export --format onnx" if exporting else "--backend onnx"
+        raise ExportError(f"{what} needs {', '.join(missing)}, which is not installed: {ONNX_EXTRA}")
     import onnxruntime
 
     return onnxruntime
@@ -169,7 +172,7 @@ def write_onnx(model: Model, path: Path) -> None:
 def quantize_int8(fp32: Path, int8: Path) -> None:
     """onnxruntime's dynamic quantization: int8 weights of the matrix products with constant weights (per tensor);
     activations are quantized per call, the attention over the caches stays fp32."""
-    require_onnx("export")
+    require_onnx(exporting=True)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _logging_off():  # it advises pre-processing, which changes nothing for this graph
@@ -191,7 +194,7 @@ class OnnxStep:
     conversation group, each with its own caches; onnxruntime runs concurrent calls on one session)."""
 
     def __init__(self, folder: str | Path, *, int8: bool = False, threads: int | None = None):
-        ort = require_onnx("--backend onnx")
+        ort = require_onnx(exporting=False)
         self.folder = Path(folder)
         self.meta = read_export(self.folder)
         name = INT8_FILE if int8 else FP32_FILE
@@ -375,7 +378,7 @@ def export_run(
     holds). The fp32 graph is checked against `TurnYieldStream` on `check_frames` random frames (default context +
     500) of two rows; the int8 graph's largest difference is recorded."""
     ckpt = resolve_checkpoint(run, allow_older=allow_older)
-    require_onnx("export")
+    require_onnx(exporting=True)
     folder = Path(out) if out is not None else default_export_dir(ckpt)
     files = {FP32_FILE: ONNX_MODEL, META_FILE: f"{JSON_FILE} ({FORMAT})", **({INT8_FILE: ONNX_MODEL} if int8 else {})}
     check_output_dir(folder, files=files, inputs={"--run": ckpt}, force=force)
