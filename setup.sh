@@ -2,7 +2,8 @@
 # Set up faceturn in ./.venv: Python venv, PyTorch (only when none is installed), faceturn with its test/figure extras.
 #   FACETURN_TORCH   pip requirement for PyTorch when none is installed (default: torch==2.13.0, the CPU wheel)
 #   FACETURN_EXTRAS  extras to install (default: dev,viz,prep,live — tests, figures, real-corpus extraction, the live
-#                    web app; `lora` for LoRA fine-tuning; `slurm` for --executor slurm). With dev, kyutai's
+#                    web app; `lora` for LoRA fine-tuning; `slurm` for --executor slurm; `onnx` for `faceturn export`
+#                    and `--backend onnx`, also in dev). With dev, kyutai's
 #                    moshi==0.2.13 is installed without its pins (parity tests)
 #   PYTHON           interpreter used to create the venv (default: python3)
 set -euo pipefail

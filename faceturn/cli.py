@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-moshi": ("faceturn.commands.import_moshi", "import kyutai's Moshi 7B weights into a run folder"),
     "stream": ("faceturn.commands.stream", "replay a conversation frame by frame: live P(yield) and hand-over alerts"),
     "live": ("faceturn.commands.live", "a local web page: P(yield) from your camera and microphone, in real time"),
+    "export": ("faceturn.commands.export", "the listening step as ONNX for onnxruntime (fp32, optionally int8)"),
 }
 
 

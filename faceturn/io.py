@@ -33,6 +33,7 @@ PNG_IMAGE = "PNG image"
 SVG_IMAGE = "SVG image"
 JSON_FILE = "JSON file"
 MARKDOWN_FILE = "Markdown file"
+ONNX_MODEL = "ONNX model"
 EMPTY_FILE = "empty file"
 CORPUS_FOLDER = "corpus folder"
 RUN_FOLDER = "run folder"
@@ -54,7 +55,8 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x1f\x8b", "gzip file"),
 )
 _SUFFIX_KINDS = {".jsonl": "JSON lines file", ".md": MARKDOWN_FILE, ".toml": "TOML file", ".txt": "text file",
-                 ".csv": "CSV file", ".log": "log file", ".py": "Python file", ".wav": "WAV audio"}  # fmt: skip
+                 ".csv": "CSV file", ".log": "log file", ".py": "Python file", ".wav": "WAV audio",
+                 ".onnx": ONNX_MODEL}  # fmt: skip
 _UMASK_LOCK = threading.Lock()
 
 

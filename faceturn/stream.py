@@ -1,11 +1,13 @@
 """Streaming turn-yield prediction and full-duplex generation, one 80 ms frame at a time, with a bounded KV cache.
 
 Why: the full-sequence forward re-reads its whole window for every new frame; a listener that must raise a hand-over
-alert within the frame needs constant work per frame. `TurnYieldStream` keeps, per conversation (a batch row), the
-temporal KV cache (`faceturn.model.KVCache`: a ring of the model's `context` positions, absolute positions counting on
-past it, as RoPE and the mask need), the tokens of the last max(delays) + 1 frames (Moshi's delay pattern) and a
-frame counter. Its outputs equal `Model.forward` on the frames so far (tests/test_stream.py: within 1e-5 in fp32 over
-500 frames, well past the context). The checkpoint's `zero_groups` apply inside the model's face encoder.
+alert within the frame needs constant work per frame. `ListenStream` keeps what every backend shares (the delay
+pattern's bookkeeping and the input checks); `TurnYieldStream`, the PyTorch backend, keeps per conversation (a batch
+row) the temporal KV cache (`faceturn.model.KVCache`: a ring of the model's `context` positions, absolute positions
+counting on past it, as RoPE and the mask need); the tokens of the last max(delays) + 1 frames (Moshi's delay
+pattern) and a frame counter are `ListenStream`'s. Its outputs equal `Model.forward` on the frames so far
+(tests/test_stream.py: within 1e-5 in fp32 over 500 frames, well past the context). The checkpoint's `zero_groups`
+apply inside the model's face encoder.
 
 Two ways to drive it, frame k after frame k (faceturn.model's alignment):
 - listening, `step` / `step_batch`: both sides' codes of frame k (the self's text optional) and the interlocutor's
@@ -32,7 +34,7 @@ from torch import Tensor
 
 from faceturn.checkpoint import load_model
 from faceturn.errors import CheckpointError, ConfigError, FaceturnError
-from faceturn.model import N_STREAMS, ZERO_TOKEN, KVCache, Model
+from faceturn.model import N_STREAMS, ZERO_TOKEN, KVCache, Model, ModelConfig
 from faceturn.schema import N_CODEBOOKS, N_FACE
 from faceturn.timebase import frames_to_seconds
 
@@ -143,50 +145,39 @@ class GeneratedStep:
     audio_logits: Tensor  # [B, 8, card] what drawn[:, 1:] came from
 
 
-class TurnYieldStream:
-    """Frame-by-frame P(yield) (and, optionally, the self's next tokens) for `batch_size` concurrent conversations.
+class ListenStream:
+    """Frame-by-frame P(yield) for `batch_size` concurrent conversations: what every backend shares.
 
-    Rows are independent conversations; `reset(rows)` starts new ones on some rows while the others go on. Build a new
-    stream after changing the model's weights (`reset` copies position 0's keys from the model as it is then).
+    Rows are independent conversations; `reset(rows)` starts new ones on some rows while the others go on. This class
+    keeps the delay pattern's bookkeeping (per row the tokens of the last max(delays) + 1 frames and a frame counter),
+    builds each position's delayed column and checks the inputs; a backend supplies only the transformer step over its
+    KV caches (`_start`: position 0 into the caches of some rows; `_step`: one position per row → yield logits).
+    `TurnYieldStream` runs the PyTorch model; `faceturn.export.OnnxYieldStream` runs the exported ONNX step.
     """
 
-    def __init__(self, model: Model, batch_size: int = 1):
+    def __init__(self, cfg: ModelConfig, batch_size: int, device: torch.device | str = "cpu"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model.eval()
-        cfg = model.cfg
-        param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.cfg = cfg
+        self.device = torch.device(device)
         self.batch_size = batch_size
         self.max_delay = max(cfg.delays)
         self._delays = torch.tensor(cfg.delays, device=self.device)  # [17]
         self._initial = torch.tensor([cfg.text_card] + [cfg.card] * (2 * N_CODEBOOKS), device=self.device)
         self._read_index = (self.max_delay - self._delays).view(1, N_STREAMS, 1).expand(batch_size, -1, -1)
-        self._caches = self._new_caches(batch_size, cfg.context)
-        self._depth_caches = [
-            KVCache(batch_size, cfg.depformer_num_heads, cfg.depformer_dim // cfg.depformer_num_heads, N_CODEBOOKS,
-                    self.device, self.dtype)
-            for _ in range(cfg.depformer_num_layers)
-        ]  # fmt: skip
         # Frame-aligned tokens of the last max_delay + 1 frames (newest last), kyutai's stream order; column k + 1 reads
         # stream s from frame k − delays[s], i.e. index max_delay − delays[s].
         self._history = torch.full((batch_size, N_STREAMS, self.max_delay + 1), ZERO_TOKEN, device=self.device)
         self._frames = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # frames consumed per row
-        self._h = torch.zeros(batch_size, cfg.dim, device=self.device, dtype=self.dtype)  # output at newest position
-        self.reset()
 
-    @classmethod
-    def from_run(cls, run_or_checkpoint: str | Path, batch_size: int = 1, device: str = "cpu") -> TurnYieldStream:
-        """A stream over a trained model: a run folder (its newest checkpoint) or a checkpoint folder."""
-        model, _ = load_model(run_or_checkpoint, device=device)
-        return cls(model, batch_size)
+    def _start(self, index: Tensor) -> None:
+        """Empty the caches of rows `index` [R] and put position 0 (initial tokens, no face) into them."""
+        raise NotImplementedError
 
-    def _new_caches(self, batch: int, capacity: int) -> list[KVCache]:
-        cfg = self.model.cfg
-        head_dim = cfg.dim // cfg.num_heads
-        return [
-            KVCache(batch, cfg.num_heads, head_dim, capacity, self.device, self.dtype) for _ in range(cfg.num_layers)
-        ]
+    def _step(self, column: Tensor, face: Tensor, present: Tensor, positions: Tensor) -> Tensor:
+        """One position per row: delayed column [B, 17] long, face [B, 61] float32, present [B] bool, positions [B]
+        long → yield logits [B] float32; the caches take the position."""
+        raise NotImplementedError
 
     @property
     def frames(self) -> Tensor:
@@ -205,18 +196,7 @@ class TurnYieldStream:
     def reset(self, rows: Sequence[int] | Tensor | None = None) -> None:
         """Start a new conversation on `rows` (indices; all when None): empty cache and history, frame 0."""
         index = self._row_index(rows)
-        # Position 0 reads only initial tokens and "no face": run it once for one row, then copy it into the rows.
-        first = self._new_caches(1, capacity=1)
-        zeros = torch.zeros(1, device=self.device)
-        h0 = self.model.step(
-            self._initial[None], torch.zeros(1, N_FACE, device=self.device), zeros, zeros.long(), first
-        )
-        for cache, one in zip(self._caches, first, strict=True):
-            cache.clear(index)
-            cache.keys[index, :, 0] = one.keys[:, :, 0]  # position 0 lives in slot 0
-            cache.values[index, :, 0] = one.values[:, :, 0]
-            cache.positions[index, 0] = 0
-        self._h[index] = h0
+        self._start(index)
         self._history[index] = ZERO_TOKEN
         self._frames[index] = 0
 
@@ -252,7 +232,7 @@ class TurnYieldStream:
 
     def _frame_tokens(self, self_codes, other_codes, text) -> Tensor:
         """Frame k's tokens [B, 17], kyutai's order (text, self cb0..7, interlocutor cb0..7), checked."""
-        B, cfg = self.batch_size, self.model.cfg
+        B, cfg = self.batch_size, self.cfg
         if text is None:
             text_t = torch.full((B,), ZERO_TOKEN, device=self.device)
         else:
@@ -267,9 +247,8 @@ class TurnYieldStream:
         column = self._history.gather(2, self._read_index)[:, :, 0]
         valid = self._frames[:, None] >= self._delays  # stream s reads frame k − delays[s]; before frame 0: initial
         column = torch.where(valid, column, self._initial)
-        self._h = self.model.step(column, face, present, self._frames + 1, self._caches)
+        logits = self._step(column, face, present, self._frames + 1)
         self._frames += 1
-        logits = self.model.yield_head(self._h)[:, 0].float()
         if not torch.isfinite(logits).all():
             rows = (~torch.isfinite(logits)).nonzero().flatten().tolist()
             raise CheckpointError(
@@ -304,6 +283,60 @@ class TurnYieldStream:
             None if text is None else torch.as_tensor(text).reshape(1),
         )
         return float(p[0])
+
+
+class TurnYieldStream(ListenStream):
+    """`ListenStream` on the PyTorch model, which can also talk (`generate_step`): the self's next tokens.
+
+    Build a new stream after changing the model's weights (`reset` copies position 0's keys from the model as it is
+    then).
+    """
+
+    def __init__(self, model: Model, batch_size: int = 1):
+        self.model = model.eval()
+        cfg = model.cfg
+        param = next(model.parameters())
+        super().__init__(cfg, batch_size, param.device)
+        self.dtype = param.dtype
+        self._caches = self._new_caches(batch_size, cfg.context)
+        self._depth_caches = [
+            KVCache(batch_size, cfg.depformer_num_heads, cfg.depformer_dim // cfg.depformer_num_heads, N_CODEBOOKS,
+                    self.device, self.dtype)
+            for _ in range(cfg.depformer_num_layers)
+        ]  # fmt: skip
+        self._h = torch.zeros(batch_size, cfg.dim, device=self.device, dtype=self.dtype)  # output at newest position
+        self.reset()
+
+    @classmethod
+    def from_run(cls, run_or_checkpoint: str | Path, batch_size: int = 1, device: str = "cpu") -> TurnYieldStream:
+        """A stream over a trained model: a run folder (its newest checkpoint) or a checkpoint folder."""
+        model, _ = load_model(run_or_checkpoint, device=device)
+        return cls(model, batch_size)
+
+    def _new_caches(self, batch: int, capacity: int) -> list[KVCache]:
+        cfg = self.model.cfg
+        head_dim = cfg.dim // cfg.num_heads
+        return [
+            KVCache(batch, cfg.num_heads, head_dim, capacity, self.device, self.dtype) for _ in range(cfg.num_layers)
+        ]
+
+    def _start(self, index: Tensor) -> None:
+        # Position 0 reads only initial tokens and "no face": run it once for one row, then copy it into the rows.
+        first = self._new_caches(1, capacity=1)
+        zeros = torch.zeros(1, device=self.device)
+        h0 = self.model.step(
+            self._initial[None], torch.zeros(1, N_FACE, device=self.device), zeros, zeros.long(), first
+        )
+        for cache, one in zip(self._caches, first, strict=True):
+            cache.clear(index)
+            cache.keys[index, :, 0] = one.keys[:, :, 0]  # position 0 lives in slot 0
+            cache.values[index, :, 0] = one.values[:, :, 0]
+            cache.positions[index, 0] = 0
+        self._h[index] = h0
+
+    def _step(self, column: Tensor, face: Tensor, present: Tensor, positions: Tensor) -> Tensor:
+        self._h = self.model.step(column, face, present, positions, self._caches)
+        return self.model.yield_head(self._h)[:, 0].float()
 
     # ---------------------------------------------------------------------------------------------------- talking
     def _sample(

@@ -21,6 +21,7 @@ from faceturn.checkpoint import load_model, resolve_checkpoint
 from faceturn.commands._args import add_device, add_run, add_set
 from faceturn.config import apply_overrides
 from faceturn.errors import ConfigError, FaceturnError
+from faceturn.export import BACKENDS, OnnxStep
 from faceturn.io import check_output_dir
 from faceturn.live.listener import ListenerSettings
 from faceturn.live.record import trained_on
@@ -46,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="P must fall below threshold − this before the next alert (default: 0.1)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                         help="torch CPU threads (default: all cores but one, for the face landmarker)")  # fmt: skip
+    parser.add_argument("--backend", choices=BACKENDS, default="eager",
+                        help="the model step: eager (PyTorch), onnx or onnx-int8 (onnxruntime, on the graphs of "
+                        "`faceturn export --run RUN --format onnx [--quantize int8]`; default: eager)")  # fmt: skip
     add_device(parser)
     add_set(parser, help="override a listener setting, e.g. video_wait_s=0.2 (repeatable)")
 
@@ -68,6 +72,10 @@ def build(args: argparse.Namespace) -> tuple[LiveModel, list[str]]:
     resolve_face_model(settings.face.model)  # says how to get it when missing
     ckpt = resolve_checkpoint(args.run, allow_older=args.allow_older)
     model, train_cfg = load_model(ckpt, device=args.device)
+    if args.backend != "eager":
+        if args.device != "cpu":
+            raise ConfigError(f"--backend {args.backend} runs on the CPU: drop --device {args.device}")
+        model = OnnxStep.for_checkpoint(ckpt, int8=args.backend == "onnx-int8", threads=args.threads)
     try:
         from transformers import MimiModel
 
@@ -90,6 +98,7 @@ def build(args: argparse.Namespace) -> tuple[LiveModel, list[str]]:
     info = {
         "checkpoint": str(ckpt),
         "step": ckpt.name,
+        "backend": args.backend,
         "shape": train_cfg.model.shape or "custom",
         "trained_on": origin,
         "threshold": settings.threshold,

@@ -12,7 +12,8 @@ Offline equality is the contract: on the same media, the codes, faces and P(yiel
   instant → `FaceFollower` (the landmarker in VIDEO mode with `prepare`'s crop logic and A61 mapping);
 - `SileroStream` gives each side's voice activity for display (Silero without look-ahead; a recording stores the
   offline VAD of the whole session);
-- `TurnYieldStream` with two rows: the face as given, and zeroed (values 0, face_present 0).
+- a P(yield) stream with two rows, the face as given and zeroed (values 0, face_present 0): `TurnYieldStream` on the
+  PyTorch model, or `OnnxYieldStream` on its exported step (`faceturn live --backend onnx`).
 
 Participant 0 is the model's own side (the agent), participant 1 the interlocutor at the camera, whose face the
 model reads. Time 0 is the first audio sample; video timestamps are seconds on the same clock.
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from faceturn.errors import FaceturnError
+from faceturn.export import OnnxStep
 from faceturn.model import Model
 from faceturn.prep.audio_tokens import MIMI_FRAME_SAMPLES, MIMI_RATE_HZ, MimiEncoder, MimiSettings
 from faceturn.prep.face import FaceFollower, FaceSettings, a61_of, landmarker
@@ -100,12 +102,13 @@ class Listener:
 
     `self_audio=False` promises that the agent side stays silent (nothing is pushed for it); `agent_voice` (24 kHz
     samples) is played as the agent's audio in step with the person's, then silence; `sink`, when given, receives
-    each side's 24 kHz audio as it is resampled (`sink(side, samples)`), for recording.
+    each side's 24 kHz audio as it is resampled (`sink(side, samples)`), for recording. `model` is the PyTorch model
+    or its exported step (`faceturn.export.OnnxStep`, shared by every listener of a process).
     """
 
     def __init__(
         self,
-        model: Model,
+        model: Model | OnnxStep,
         mimi: MimiEncoder,
         settings: ListenerSettings | None = None,
         *,
@@ -123,7 +126,8 @@ class Listener:
         self.mimi, self.self_audio, self.video, self.sink, self.clock = mimi, self_audio, video, sink, clock
         self._agent_voice = None if agent_voice is None else np.asarray(agent_voice, np.float32).reshape(-1)
         self._agent_played = 0
-        self.stream = TurnYieldStream(model, batch_size=2)  # row 0: the face as given, row 1: zeroed
+        # row 0: the face as given, row 1: zeroed
+        self.stream = model.stream(2) if isinstance(model, OnnxStep) else TurnYieldStream(model, batch_size=2)
         self.counters = Counters()
         self._rates: list[int | None] = [None, None]
         self._resamplers: list[StreamingResampler | None] = [None, None]

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from faceturn.errors import FaceturnError
+from faceturn.export import OnnxStep
 from faceturn.live.listener import AGENT, PERSON, Listener, ListenerSettings, LiveFrame
 from faceturn.live.record import Recorder, blank_jpeg
 from faceturn.model import Model
@@ -52,7 +53,7 @@ _JAW = CHANNEL_INDEX["jawOpen"]
 class LiveModel:
     """What every session shares: the model, Mimi, settings, and what the page is told about them."""
 
-    model: Model
+    model: Model | OnnxStep  # the PyTorch model, or its exported step (--backend onnx)
     train_cfg: TrainConfig
     checkpoint: Path
     mimi: MimiEncoder
