@@ -16,9 +16,19 @@ def frames(p: list[float], user: str, bot: str = "") -> list[LiveFrame]:
     """Frames with P(yield) p; `user`/`bot`: one character per frame, '#' speaking, anything else silent."""
     bot = bot.ljust(len(p))
     return [
-        LiveFrame(k=k, codes=np.zeros((2, 8), np.int16), va=np.array([bot[k] == "#", user[k] == "#"], np.float32),
-                  face=np.zeros(61, np.float32), face_present=True, p_yield=pk, p_yield_zeroed=pk, alert=False,
-                  input_done_s=0.0, ready_s=0.001, stage_ms={})  # fmt: skip
+        LiveFrame(
+            k=k,
+            codes=np.zeros((2, 8), np.int16),
+            va=np.array([bot[k] == "#", user[k] == "#"], np.float32),
+            face=np.zeros(61, np.float32),
+            face_present=True,
+            p_yield=pk,
+            p_yield_zeroed=pk,
+            alert=False,
+            input_done_s=0.0,
+            ready_s=0.001,
+            stage_ms={},
+        )
         for k, pk in enumerate(p)
     ]
 
@@ -35,8 +45,10 @@ def test_the_turn_ends_when_p_is_high_after_the_minimum_silence():
     assert decide(params, frames(low_then_high, user)) == [("start", 2), ("stop", 12)]
     high = [0.7] * 20  # high all along: the turn ends once 3 frames of silence are in (frame 9)
     assert decide(params, frames(high, user)) == [("start", 2), ("stop", 9)]
-    assert decide(TurnParams(min_silence_s=0.0, fallback_timeout_s=1.0), frames(high, user)) == [("start", 2),
-                                                                                                 ("stop", 7)]
+    assert decide(TurnParams(min_silence_s=0.0, fallback_timeout_s=1.0), frames(high, user)) == [
+        ("start", 2),
+        ("stop", 7),
+    ]
 
 
 def test_hysteresis_keeps_p_high_until_it_falls_below_threshold_minus_hysteresis():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from faceturn.prep.audio_tokens import MIMI_RATE_HZ, MimiEncoder
 from faceturn.prep.media import StreamingResampler
 from faceturn.stream import AlertTrigger
 from faceturn.timebase import FRAME_S, duration_to_frames
+
 
 @dataclass
 class TurnParams:
@@ -169,6 +171,7 @@ class ListenerDriver:
         self.user_samples, self.user_rate_hz = 0, 0  # the caller's count: the clock that stamps video
         self.listener: Listener | None = None
         self.error: BaseException | None = None
+        self.longest_step_s = 0.0  # the longest the worker spent on one input (what would stall a loop that ran it)
         self._closed = False
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
@@ -231,7 +234,7 @@ class ListenerDriver:
                 if item is _CLOSE:
                     self._send(listener.close())
                     return
-                kind = item[0]
+                kind, t0 = item[0], time.perf_counter()
                 if kind == "user":
                     listener.push_audio(PERSON, item[1], item[2])
                     if listener.self_audio:
@@ -244,7 +247,9 @@ class ListenerDriver:
                     continue
                 else:
                     listener.push_video(item[1], item[2])
-                self._send(listener.frames())
+                frames = listener.frames()
+                self.longest_step_s = max(self.longest_step_s, time.perf_counter() - t0)
+                self._send(frames)
         except BaseException as e:  # handed to the loop, never lost in a thread
             self.error = e
             self._fail(e)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 from loguru import logger
+from PIL import Image
 from pipecat.audio.turn.base_turn_analyzer import BaseTurnParams
 from pipecat.frames.frames import (
     Frame,
@@ -70,6 +71,7 @@ class FaceTurnUserTurnStopStrategy(BaseUserTurnStopStrategy):
         self._params = params or FaceTurnParams()
         self._decider = TurnDecider(self._params.turn_params())
         self._driver: ListenerDriver | None = None
+        self._open = False  # between setup and cleanup
         self._inbox: asyncio.Queue[list[LiveFrame] | BaseException] | None = None
         self._consumer: asyncio.Task | None = None
         self.last_frame: LiveFrame | None = None
@@ -100,19 +102,20 @@ class FaceTurnUserTurnStopStrategy(BaseUserTurnStopStrategy):
             name=f"{self.name}-listener",
         )
         self._consumer = self.task_manager.create_task(self._consume(), f"{self}::frames")
+        self._open = True
 
     async def cleanup(self):
         """The listener's last frames are decided, then the worker and the consumer end."""
         await super().cleanup()
-        if self._driver is not None:
-            driver, self._driver = self._driver, None
-            await asyncio.to_thread(driver.close)
+        if self._open:
+            self._open = False
+            await asyncio.to_thread(self._driver.close)
             self._inbox.put_nowait([])  # the end marker: everything the worker delivered is ahead of it
             await self._consumer
             self._consumer = None
 
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
-        if self._driver is None:
+        if not self._open:
             return ProcessFrameResult.CONTINUE
         if isinstance(frame, InputAudioRawFrame):
             self._driver.push_user_audio(_mono_int16(frame), frame.sample_rate)
@@ -121,11 +124,11 @@ class FaceTurnUserTurnStopStrategy(BaseUserTurnStopStrategy):
         return ProcessFrameResult.CONTINUE
 
     def push_bot_audio(self, frame: OutputAudioRawFrame) -> None:
-        if self._driver is not None:
+        if self._open:
             self._driver.push_agent_audio(_mono_int16(frame), frame.sample_rate)
 
     def clear_bot_audio(self) -> None:
-        if self._driver is not None:
+        if self._open:
             self._driver.clear_agent_audio()
 
     async def _consume(self) -> None:
@@ -154,7 +157,7 @@ class FaceTurnUserTurnStopStrategy(BaseUserTurnStopStrategy):
 
 class FaceTurnUserTurnStartStrategy(BaseUserTurnStartStrategy):
     """Starts the user's turn on the stop strategy's `start` decisions (without an interruption: the bot is silent)
-    and `barge_in` decisions (with one)."""
+    and `barge_in` decisions (with one, unless `enable_interruptions=False`)."""
 
     def __init__(self, stop_strategy: FaceTurnUserTurnStopStrategy, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -175,7 +178,7 @@ class FaceTurnUserTurnStartStrategy(BaseUserTurnStartStrategy):
         if event.kind == "start":
             await self.trigger_user_turn_started(enable_interruptions=False)
         elif event.kind == "barge_in":
-            await self.trigger_user_turn_started(enable_interruptions=True)
+            await self.trigger_user_turn_started()
 
 
 class FaceTurnBotAudioTap(FrameProcessor):
@@ -204,7 +207,4 @@ def _rgb(frame: InputImageRawFrame) -> np.ndarray:
     width, height = frame.size
     if frame.format in (None, "RGB"):
         return np.frombuffer(frame.image, dtype=np.uint8).reshape(height, width, 3)
-    from PIL import Image
-
     return np.asarray(Image.frombytes(frame.format, (width, height), frame.image).convert("RGB"))
-
