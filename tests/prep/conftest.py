@@ -53,6 +53,23 @@ def mimi_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A randomly initialised tiny aux model whose window and context cover a whole 4 s session (live tests)."""
+    import torch
+
+    from faceturn.checkpoint import save_checkpoint
+    from faceturn.model import from_config
+    from faceturn.recipe import load_train_config, resolved_config
+
+    cfg = load_train_config("aux", ["model.dim=32", "model.num_layers=2", "model.num_heads=2", "model.context=200"])
+    torch.manual_seed(0)
+    model = from_config(cfg.model)
+    run = tmp_path_factory.mktemp("live-run") / "run"
+    save_checkpoint(run, 0, model, torch.optim.AdamW(model.parameters()), {}, resolved_config(cfg), keep_last=1)
+    return run
+
+
+@pytest.fixture(scope="session")
 def spm_model(tmp_path_factory) -> Path:
     pytest.importorskip("sentencepiece", reason="sentencepiece missing: pip install -e '.[prep]'")
     return tiny_sentencepiece(tmp_path_factory.mktemp("spm") / "tiny.model")

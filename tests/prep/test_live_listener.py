@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fixtures_prep import espeak_speech, run_prepare
 
 from faceturn.prep.audio_tokens import MIMI_RATE_HZ, MimiEncoder, MimiSettings
@@ -29,21 +28,6 @@ def speech(tmp_path_factory) -> Path:
             pytest.fail("espeak-ng is required in CI (apt-get install espeak-ng)")
         pytest.skip("espeak-ng missing (Debian: apt-get install espeak-ng)")
     return path
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """A randomly initialised tiny aux model whose window and context cover the whole 4 s session."""
-    from faceturn.checkpoint import save_checkpoint
-    from faceturn.model import from_config
-    from faceturn.recipe import load_train_config, resolved_config
-
-    cfg = load_train_config("aux", ["model.dim=32", "model.num_layers=2", "model.num_heads=2", "model.context=200"])
-    torch.manual_seed(0)
-    model = from_config(cfg.model)
-    run = tmp_path_factory.mktemp("live-run") / "run"
-    save_checkpoint(run, 0, model, torch.optim.AdamW(model.parameters()), {}, resolved_config(cfg), keep_last=1)
-    return run
 
 
 def test_streaming_resampler_equals_resampling_the_whole_signal():
