@@ -109,6 +109,10 @@ if __name__ == "__main__":
     parser.add_argument("--bot-audio", type=Path, default=None, help="what the bot says first, an audio file")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--hysteresis", type=float, default=0.1)
-    parser.add_argument("--backend", choices=("eager", "onnx", "onnx-int8"), default="eager",
-                        help="the model through PyTorch, or its `faceturn export` graph through onnxruntime")
+    parser.add_argument(
+        "--backend",
+        choices=("eager", "onnx", "onnx-int8"),
+        default="eager",
+        help="the model through PyTorch, or its `faceturn export` graph through onnxruntime",
+    )
     asyncio.run(main(parser.parse_args()))
