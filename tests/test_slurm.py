@@ -68,30 +68,11 @@ def _study(config: Path, out: Path, *extra: str) -> list[str]:
     return ["study", "--config", str(config), "--out", str(out), "--executor", "slurm", *FAST, *extra]
 
 
-def test_study_on_slurm_gives_the_local_results_byte_for_byte(slurm_cluster, local_study, tmp_path, capsys):
-    config, local = local_study
-    out = tmp_path / "study"
-    assert main(_study(config, out)) == 0
-    assert (out / "results.json").read_bytes() == (local / "results.json").read_bytes()
-    record = json.loads((out / "slurm" / "jobs.json").read_text())
-    assert set(record) == {"step1/tight", "step2/tight", "tight/full-s0", "tight/with-head_trans-s0", "step3/tight"}
-    training = {
-        record[k]["slurm_id"].split("_")[0] for k in ("step2/tight", "tight/full-s0", "tight/with-head_trans-s0")
-    }
-    assert len(training) == 1 and "_" in record["step2/tight"]["slurm_id"]  # the training runs: one job array
-    step3 = (out / "slurm" / f"{record['step3/tight']['slurm_id']}_submission.sh").read_text()
-    assert f"#SBATCH --dependency=afterok:{record['tight/full-s0']['slurm_id']}\n" in step3  # waits on its model
-    assert "#SBATCH --cpus-per-task=1\n" in step3 and "#SBATCH --partition" not in step3  # the config's resources
-    for job, rec in record.items():
-        assert "$ faceturn" in (out / "logs" / f"{job}.log").read_text()  # the steps' output, as locally
-        assert "Job completed successfully" in Path(rec["slurm_log"]).read_text()  # SLURM's side of the job
-    capsys.readouterr()  # the attribution's runs again, on their own: all finished, so nothing is submitted or asked
-    assert main(["attribute", "run", str(out / "attribution"), "--executor", "slurm", "--partition", "nope"]) == 0
-    assert "0 runs in 0 s, 2 already finished" in capsys.readouterr().out
-    assert json.loads((out / "slurm" / "jobs.json").read_text()) == record
-
-
-def test_a_job_cancelled_mid_run_is_resubmitted_and_finished_runs_are_kept(slurm_cluster, local_study, tmp_path):
+def test_study_on_slurm_survives_a_cancelled_job_and_gives_the_local_results_byte_for_byte(
+    slurm_cluster, local_study, tmp_path, capsys
+):
+    """The study through --executor slurm: a job cancelled mid-run is named and the study stops; the same command
+    resubmits it and keeps the finished runs; the results are byte-identical to the local executor's."""
     config, local = local_study
     out = tmp_path / "study"
     driver = subprocess.Popen([sys.executable, "-m", "faceturn", *_study(config, out)], stdout=subprocess.PIPE,
@@ -118,6 +99,14 @@ def test_a_job_cancelled_mid_run_is_resubmitted_and_finished_runs_are_kept(slurm
     assert f"{victim} (SLURM job {slurm_id} CANCELLED without its outputs; see {out / 'logs' / victim}.log and" in err
     assert "Run the same command again to resubmit them" in err
     record = json.loads((out / "slurm" / "jobs.json").read_text())
+    assert set(record) == {"step1/tight", "step2/tight", "tight/full-s0", "tight/with-head_trans-s0", "step3/tight"}
+    training = {
+        record[k]["slurm_id"].split("_")[0] for k in ("step2/tight", "tight/full-s0", "tight/with-head_trans-s0")
+    }
+    assert len(training) == 1 and "_" in record["step2/tight"]["slurm_id"]  # the training runs: one job array
+    step3 = (out / "slurm" / f"{record['step3/tight']['slurm_id']}_submission.sh").read_text()
+    assert f"#SBATCH --dependency=afterok:{record['tight/full-s0']['slurm_id']}\n" in step3  # waits on its model
+    assert "#SBATCH --cpus-per-task=1\n" in step3 and "#SBATCH --partition" not in step3  # the config's resources
     finished = {j for j in record if all((out / o).is_file() for o in _declared(out, j))}
     assert victim not in finished and finished
     kept = {j: (_mtimes(out, j), (out / "logs" / f"{j}.log").read_text()) for j in finished}
@@ -127,6 +116,13 @@ def test_a_job_cancelled_mid_run_is_resubmitted_and_finished_runs_are_kept(slurm
     assert {j: again[j] for j in finished} == {j: record[j] for j in finished}  # ...the finished ones were not
     assert {j: (_mtimes(out, j), (out / "logs" / f"{j}.log").read_text()) for j in finished} == kept
     assert (out / "results.json").read_bytes() == (local / "results.json").read_bytes()
+    for job, rec in again.items():
+        assert "$ faceturn" in (out / "logs" / f"{job}.log").read_text()  # the steps' output, as locally
+        assert "Job completed successfully" in Path(rec["slurm_log"]).read_text()  # SLURM's side of the job
+    capsys.readouterr()  # the attribution's runs again, on their own: all finished, so nothing is submitted or asked
+    assert main(["attribute", "run", str(out / "attribution"), "--executor", "slurm", "--partition", "nope"]) == 0
+    assert "0 runs in 0 s, 2 already finished" in capsys.readouterr().out
+    assert json.loads((out / "slurm" / "jobs.json").read_text()) == again
 
 
 def _cancel(slurm_id: str) -> None:
