@@ -24,6 +24,8 @@ from faceturn.errors import JobError
 from faceturn.jobs import Job
 from faceturn.slurm import SlurmConfig, execute, launch_steps, sbatch_options
 
+pytestmark = pytest.mark.xdist_group("slurm")  # one test cluster: its tests run in one pytest worker
+
 # the micro study of test_study.py with one corpus of 10 short conversations, no media and lighter measurements:
 # every SLURM job is a fresh Python process, so fewer, shorter jobs keep each study run below half a minute (step 4,
 # whose jobs are like step 3's for the executor, is left out)

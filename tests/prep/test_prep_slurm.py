@@ -13,6 +13,8 @@ from fixtures_prep import speech_track, write_live_link_csv, write_wav
 
 from faceturn.cli import main
 
+pytestmark = pytest.mark.xdist_group("slurm")  # one test cluster: its tests run in one pytest worker
+
 
 def test_preparation_by_shards_on_slurm_writes_the_local_corpus(slurm_cluster, mimi_dir, tmp_path, capsys):
     root = tmp_path / "takes"
