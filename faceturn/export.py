@@ -425,6 +425,28 @@ def export_run(
     return folder, meta
 
 
+def listening_model(
+    run: str | Path, backend: str = "eager", *, device: str = "cpu", threads: int | None = None,
+    allow_older: bool = False,
+) -> Model | OnnxStep:  # fmt: skip
+    """What a listener steps, from a run's newest checkpoint (or a checkpoint folder): with `backend` "eager" the
+    PyTorch model, with "onnx" / "onnx-int8" the fp32 / int8 graph of `faceturn export` (made from the same weights;
+    onnxruntime on the CPU with `threads` intra-op threads)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    ckpt = resolve_checkpoint(run, allow_older=allow_older)
+    if backend == "eager":
+        return load_model(ckpt, device=device)[0]
+    if device != "cpu":
+        raise ConfigError(f"backend {backend} runs on the CPU, not on {device}")
+    return OnnxStep.for_checkpoint(ckpt, int8=backend == "onnx-int8", threads=threads)
+
+
+def listen_stream(model: Model | OnnxStep, batch_size: int = 1) -> ListenStream:
+    """A P(yield) stream of `batch_size` rows on a `listening_model`."""
+    return model.stream(batch_size) if isinstance(model, OnnxStep) else TurnYieldStream(model, batch_size)
+
+
 def yield_stream(
     run: str | Path, backend: str = "eager", batch_size: int = 1, *, threads: int | None = None,
     allow_older: bool = False,
@@ -434,9 +456,4 @@ def yield_stream(
     int8 graph, `--quantize int8`). All have `step_batch`, `step`, `reset` and `frames`; `threads` sets onnxruntime's
     intra-op threads (PyTorch's are `torch.set_num_threads`). The ONNX backends need the run exported first (in
     RUN/export, made from the same weights)."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "eager":
-        return TurnYieldStream(load_model(run, allow_older=allow_older)[0], batch_size)
-    ckpt = resolve_checkpoint(run, allow_older=allow_older)
-    return OnnxStep.for_checkpoint(ckpt, int8=backend == "onnx-int8", threads=threads).stream(batch_size)
+    return listen_stream(listening_model(run, backend, threads=threads, allow_older=allow_older), batch_size)

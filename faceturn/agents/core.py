@@ -26,11 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from faceturn.checkpoint import load_model, resolve_checkpoint
 from faceturn.errors import ConfigError, FaceturnError
-from faceturn.export import BACKENDS, OnnxStep
+from faceturn.export import listening_model
 from faceturn.live.listener import AGENT, PERSON, Listener, ListenerSettings, LiveFrame
-from faceturn.model import Model
 from faceturn.prep.audio_tokens import MIMI_RATE_HZ, MimiEncoder
 from faceturn.prep.media import StreamingResampler
 from faceturn.stream import AlertTrigger
@@ -121,8 +119,7 @@ class TurnDecider:
         return None
 
     def _event(self, kind: str, frame: LiveFrame) -> TurnEvent:
-        return TurnEvent(kind, frame.k, frame.p_yield, self.silence_frames * FRAME_S,
-                         max(0.0, frame.ready_s - frame.input_done_s) * 1000)  # fmt: skip
+        return TurnEvent(kind, frame.k, frame.p_yield, self.silence_frames * FRAME_S, frame.latency_ms)
 
 
 @dataclass
@@ -143,16 +140,7 @@ class ListenerFactory:
     def __post_init__(self) -> None:
         from transformers import MimiModel
 
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.backend == "eager":
-            self.model: Model | OnnxStep = load_model(self.run, device=self.device)[0]
-        elif self.device != "cpu":
-            raise ConfigError(f"backend {self.backend} runs on the CPU, not on {self.device}")
-        else:
-            self.model = OnnxStep.for_checkpoint(
-                resolve_checkpoint(self.run), int8=self.backend == "onnx-int8", threads=self.threads
-            )
+        self.model = listening_model(self.run, self.backend, device=self.device, threads=self.threads)
         try:
             mimi_model = MimiModel.from_pretrained(self.settings.mimi.model)
         except (OSError, ValueError) as e:
@@ -274,6 +262,12 @@ class ListenerDriver:
     def _send(self, frames: list[LiveFrame]) -> None:
         if frames:
             self._deliver(frames)
+
+
+def first_channel_int16(pcm: bytes, channels: int) -> np.ndarray:
+    """The first channel of interleaved int16 PCM (the frameworks' audio frames)."""
+    x = np.frombuffer(pcm, dtype=np.int16)
+    return x[::channels] if channels > 1 else x
 
 
 class _AgentPlayout:

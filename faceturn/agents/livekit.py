@@ -23,7 +23,7 @@ from livekit import rtc
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.voice.turn import TurnDetectionEvent
 
-from faceturn.agents.core import ListenerDriver, TurnDecider, TurnParams
+from faceturn.agents.core import ListenerDriver, TurnDecider, TurnParams, first_channel_int16
 from faceturn.live.listener import PERSON, Listener, LiveFrame
 from faceturn.timebase import FRAME_S
 
@@ -173,7 +173,7 @@ class FaceTurnStream:
             self._decider.update(f)
             if float(f.va[PERSON]) >= self._decider.params.voiced_min:
                 self._last_voiced_k = f.k
-            ms = max(0.0, f.ready_s - f.input_done_s) * 1000
+            ms = f.latency_ms
             self._recent.append((f.k, f.p_yield, self._decider.threshold_now, ms))
             waiting = []
             for k, asked, fut in self._pending:
@@ -207,8 +207,7 @@ class FaceTurnStream:
 
 
 def _mono_int16(frame: rtc.AudioFrame) -> np.ndarray:
-    x = np.frombuffer(frame.data, dtype=np.int16)
-    return x[:: frame.num_channels] if frame.num_channels > 1 else x
+    return first_channel_int16(frame.data, frame.num_channels)
 
 
 def _rgb(frame: rtc.VideoFrame) -> np.ndarray:

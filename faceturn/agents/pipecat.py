@@ -39,7 +39,7 @@ from pipecat.turns.user_start import BaseUserTurnStartStrategy
 from pipecat.turns.user_stop import BaseUserTurnStopStrategy
 from pydantic import Field
 
-from faceturn.agents.core import ListenerDriver, TurnDecider, TurnEvent, TurnParams
+from faceturn.agents.core import ListenerDriver, TurnDecider, TurnEvent, TurnParams, first_channel_int16
 from faceturn.live.listener import Listener, LiveFrame
 
 
@@ -198,9 +198,7 @@ class FaceTurnBotAudioTap(FrameProcessor):
 
 
 def _mono_int16(frame: InputAudioRawFrame | OutputAudioRawFrame) -> np.ndarray:
-    """The first channel of an interleaved int16 PCM frame."""
-    x = np.frombuffer(frame.audio, dtype=np.int16)
-    return x[:: frame.num_channels] if frame.num_channels > 1 else x
+    return first_channel_int16(frame.audio, frame.num_channels)
 
 
 def _rgb(frame: InputImageRawFrame) -> np.ndarray:

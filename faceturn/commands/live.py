@@ -21,7 +21,7 @@ from faceturn.checkpoint import load_model, resolve_checkpoint
 from faceturn.commands._args import add_device, add_run, add_set
 from faceturn.config import apply_overrides
 from faceturn.errors import ConfigError, FaceturnError
-from faceturn.export import BACKENDS, OnnxStep
+from faceturn.export import BACKENDS, listening_model
 from faceturn.io import check_output_dir
 from faceturn.live.listener import ListenerSettings
 from faceturn.live.record import trained_on
@@ -72,10 +72,8 @@ def build(args: argparse.Namespace) -> tuple[LiveModel, list[str]]:
     resolve_face_model(settings.face.model)  # says how to get it when missing
     ckpt = resolve_checkpoint(args.run, allow_older=args.allow_older)
     model, train_cfg = load_model(ckpt, device=args.device)
-    if args.backend != "eager":
-        if args.device != "cpu":
-            raise ConfigError(f"--backend {args.backend} runs on the CPU: drop --device {args.device}")
-        model = OnnxStep.for_checkpoint(ckpt, int8=args.backend == "onnx-int8", threads=args.threads)
+    if args.backend != "eager":  # the PyTorch model above is read for its config; the listener steps the graph
+        model = listening_model(ckpt, args.backend, device=args.device, threads=args.threads)
     try:
         from transformers import MimiModel
 

@@ -36,14 +36,14 @@ import numpy as np
 import torch
 
 from faceturn.errors import FaceturnError
-from faceturn.export import OnnxStep
+from faceturn.export import OnnxStep, listen_stream
 from faceturn.model import Model
 from faceturn.prep.audio_tokens import MIMI_FRAME_SAMPLES, MIMI_RATE_HZ, MimiEncoder, MimiSettings
 from faceturn.prep.face import FaceFollower, FaceSettings, a61_of, landmarker
 from faceturn.prep.media import GridPicker, StreamingResampler
 from faceturn.prep.vad import SileroSettings, SileroStream
 from faceturn.schema import N_CODEBOOKS, N_FACE
-from faceturn.stream import AlertTrigger, TurnYieldStream
+from faceturn.stream import AlertTrigger
 from faceturn.timebase import FRAME_S
 
 AGENT, PERSON = 0, 1
@@ -96,6 +96,11 @@ class LiveFrame:
     def t_s(self) -> float:
         return self.k * FRAME_S
 
+    @property
+    def latency_ms(self) -> float:
+        """From the frame's last input to its P(yield)."""
+        return max(0.0, self.ready_s - self.input_done_s) * 1000
+
 
 class Listener:
     """Feed `push_audio` / `push_video` from any threads; `frames()` returns every frame that is ready.
@@ -127,7 +132,7 @@ class Listener:
         self._agent_voice = None if agent_voice is None else np.asarray(agent_voice, np.float32).reshape(-1)
         self._agent_played = 0
         # row 0: the face as given, row 1: zeroed
-        self.stream = model.stream(2) if isinstance(model, OnnxStep) else TurnYieldStream(model, batch_size=2)
+        self.stream = listen_stream(model, 2)
         self.counters = Counters()
         self._rates: list[int | None] = [None, None]
         self._resamplers: list[StreamingResampler | None] = [None, None]
