@@ -105,12 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                     score = score_alerts(fired, handovers[c], horizon)
                     false[cond][c] += score.n_false
                     alerts[cond][c] += score.n_alerts
-                    lead_of = {}  # the first alert a with h − horizon <= a < h, as score_alerts finds it
-                    for h in handovers[c]:
-                        first = [a for a in fired if h - horizon <= a < h]
-                        lead_of[int(h)] = (h - first[0]) * FRAME_S if first else np.nan
-                    leads[cond] += [lead_of[int(h)] for h in handovers[c]]
-                    assert sum(np.isfinite(list(lead_of.values()))) == score.n_announced
+                    leads[cond] += [np.nan if lead is None else lead for lead in score.handover_leads_s]
                     if cond == "face":
                         clusters += [c] * len(handovers[c])
             lead = {k: np.array(v) for k, v in leads.items()}

@@ -568,7 +568,12 @@ class AlertScore:
     median_lead_s: float | None  # None when no hand-over was announced
     n_alerts: int
     n_false: int
-    leads_s: tuple[float, ...]  # per announced hand-over, in order
+    handover_leads_s: tuple[float | None, ...]  # per hand-over, in order; None where none was announced
+
+    @property
+    def leads_s(self) -> tuple[float, ...]:
+        """Per announced hand-over, in order."""
+        return tuple(lead for lead in self.handover_leads_s if lead is not None)
 
 
 def score_alerts(alert_frames: Sequence[int], handover_frames: Sequence[int], horizon_frames: int) -> AlertScore:
@@ -576,11 +581,11 @@ def score_alerts(alert_frames: Sequence[int], handover_frames: Sequence[int], ho
     if horizon_frames < 1:
         raise ValueError(f"horizon_frames must be >= 1, got {horizon_frames}")
     alerts, handovers = sorted(int(a) for a in alert_frames), sorted(int(h) for h in handover_frames)
-    leads = []
+    handover_leads: list[float | None] = []
     for h in handovers:  # the first alert a with h − horizon <= a < h
         i = bisect_left(alerts, h - horizon_frames)
-        if i < len(alerts) and alerts[i] < h:
-            leads.append(frames_to_seconds(h - alerts[i]))
+        handover_leads.append(frames_to_seconds(h - alerts[i]) if i < len(alerts) and alerts[i] < h else None)
+    leads = [lead for lead in handover_leads if lead is not None]
     n_true = 0
     for a in alerts:  # the first hand-over after a, within the horizon
         j = bisect_right(handovers, a)
@@ -591,5 +596,5 @@ def score_alerts(alert_frames: Sequence[int], handover_frames: Sequence[int], ho
         median_lead_s=float(np.median(leads)) if leads else None,
         n_alerts=len(alerts),
         n_false=len(alerts) - n_true,
-        leads_s=tuple(leads),
+        handover_leads_s=tuple(handover_leads),
     )

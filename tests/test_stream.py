@@ -190,6 +190,7 @@ def test_score_alerts():
     score = score_alerts(alert_frames=[5, 10, 30, 95, 99], handover_frames=[15, 50, 100, 200], horizon_frames=13)
     assert (score.n_handovers, score.n_announced, score.n_alerts, score.n_false) == (4, 2, 5, 1)  # 30 is false
     assert score.leads_s == pytest.approx((10 * 0.08, 5 * 0.08))  # 15 by 5 and 100 by 95 (the first ones)
+    assert score.handover_leads_s == pytest.approx((10 * 0.08, None, 5 * 0.08, None))  # per hand-over
     assert score.median_lead_s == pytest.approx(7.5 * 0.08)
     assert score_alerts([13], [13, 26], 13).n_announced == 1  # an alert on the hand-over frame is too late for it
     empty = score_alerts([], [], 13)
